@@ -1,0 +1,96 @@
+"""Model = backbone + method head, and the ``create_model`` factory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .backbones.base import Backbone
+from .registry import METHODS
+from .structures import Features, Output
+
+
+class MLRModel(nn.Module):
+    """A backbone feeding a method head.
+
+    ``forward`` takes images (B, 3, H, W) or ready ``Features`` (e.g. read from a feature
+    cache), and returns the head's ``Output``.
+    """
+
+    def __init__(self, backbone: Backbone, head: nn.Module, method: str) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.method = method
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.head.num_classes)
+
+    def forward(self, x: torch.Tensor | Features) -> Output:
+        feats = x if isinstance(x, Features) else self.backbone(x)
+        return self.head(feats)
+
+
+def list_models() -> list[str]:
+    """Names of the registered methods and baselines."""
+    from . import methods  # noqa: F401  (registers)
+
+    return METHODS.names()
+
+
+def create_model(
+    name: str,
+    backbone: str | Backbone = "resnet101",
+    pretrained: bool | str = False,
+    num_classes: int | None = None,
+    label_embeddings: torch.Tensor | None = None,
+    label_graph: torch.Tensor | None = None,
+    freeze_backbone: bool = False,
+    in_dim: int | None = None,
+    **method_options: Any,
+) -> MLRModel:
+    """Build ``backbone`` + the method head registered as ``name``.
+
+    ``backbone`` is a registered backbone name, a ``Backbone`` instance, or ``"cached"``
+    (then ``in_dim`` gives the channel count of the cached feature maps). ``pretrained`` is
+    ``True`` for the library's own weights or a path to a local weight file.
+    """
+    from . import methods  # noqa: F401  (registers)
+    from .backbones import create_backbone
+    from .backbones.base import CachedFeatures
+
+    head_cls = METHODS.get(name)
+    if isinstance(backbone, Backbone):
+        bb = backbone
+    elif backbone == "cached":
+        if in_dim is None:
+            raise ValueError("create_model: backbone='cached' needs in_dim")
+        bb = CachedFeatures(in_dim)
+    else:
+        bb = create_backbone(backbone, pretrained=pretrained)
+    if freeze_backbone:
+        bb.freeze()
+    if num_classes is None:
+        if label_embeddings is not None:
+            num_classes = int(label_embeddings.shape[0])
+        else:
+            raise ValueError("create_model: give num_classes (or label_embeddings)")
+    if label_embeddings is not None:
+        label_embeddings = torch.as_tensor(label_embeddings, dtype=torch.float32)
+        if label_embeddings.dim() != 2 or label_embeddings.shape[0] != num_classes:
+            raise ValueError(f"label_embeddings: expected shape ({num_classes}, E), "
+                             f"got {tuple(label_embeddings.shape)}")
+    if label_graph is not None:
+        label_graph = torch.as_tensor(label_graph, dtype=torch.float32)
+        if label_graph.shape != (num_classes, num_classes):
+            raise ValueError(f"label_graph: expected shape ({num_classes}, {num_classes}), "
+                             f"got {tuple(label_graph.shape)}")
+        if not torch.isfinite(label_graph).all():
+            raise ValueError("label_graph: contains NaN or inf")
+    head = head_cls(in_dim=bb.out_dim, num_classes=num_classes,
+                    label_embeddings=label_embeddings, label_graph=label_graph,
+                    **method_options)
+    return MLRModel(bb, head, name)
