@@ -1,0 +1,195 @@
+"""The ``mlrkit`` command: train, eval, predict, extract-features, demo, data, list-models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlrkit", description="Multi-label image recognition: train, evaluate and use "
+        "DLSA, CMSG, SD-CSP, SigRL and their baselines.")
+    _add_common(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("--config", help="YAML config (optional with --resume)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config keys, e.g. optim.lr=1e-4 data.val.split=test")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    _add_common(p)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on its (or another) val dataset")
+    p.add_argument("--checkpoint", required=True, help="run directory or .safetensors file")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override keys of the checkpoint's config, e.g. data.val.root=/x")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    _add_common(p)
+
+    p = sub.add_parser("predict", help="label images with a trained checkpoint")
+    p.add_argument("--checkpoint", required=True, help="run directory or .safetensors file")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--threshold", type=float, help="probability threshold for every class")
+    p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    _add_common(p)
+
+    p = sub.add_parser("extract-features",
+                       help="run a frozen backbone once over a dataset into a feature cache")
+    p.add_argument("--config", required=True, help="YAML config naming backbone and data")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
+    p.add_argument("--split", choices=["train", "val", "both"], default="both")
+    _add_common(p)
+
+    p = sub.add_parser("demo", help="the embedded demo: Fashion-MNIST mosaics, frozen "
+                       "EfficientNet-Lite0 features, methods compared")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated methods to compare (default: every demo method)")
+    p.add_argument("--output-dir", default="runs", help="where the demo run goes")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
+    _add_common(p)
+
+    p = sub.add_parser("data", help="dataset tools")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    q = dsub.add_parser("inspect", help="print label statistics of a dataset")
+    q.add_argument("name", help="dataset name, e.g. voc2007, coco, list, nuswide")
+    q.add_argument("--root")
+    q.add_argument("--split")
+    q.add_argument("--option", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="other load_dataset options, e.g. labels_file=... num_classes=80")
+    _add_common(q)
+    _add_common(p)
+
+    p = sub.add_parser("list-models", help="list methods and backbones")
+    _add_common(p)
+    return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .engine.trainer import train
+
+    config = args.config
+    if config is None:
+        if not args.resume:
+            raise ValueError("train: give --config X.yaml (or --resume RUN_DIR)")
+        config = Path(args.resume) / "config.yaml"
+    cfg = load_config(config, args.set)
+    trainer = train(cfg, resume=args.resume)
+    if trainer.info.is_main:
+        print(trainer.report.format_table(list(trainer.labels.names)))
+        print(f"run written to {trainer.run_dir}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .engine.evaluation import evaluate_checkpoint
+
+    report, names = evaluate_checkpoint(args.checkpoint, args.set)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        print(report.format_table(names))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import Predictor
+
+    pred = Predictor.from_checkpoint(args.checkpoint)
+    for res in pred.predict(args.images, threshold=args.threshold):
+        if args.json:
+            print(json.dumps(res.to_dict()))
+        else:
+            top = ", ".join(f"{n} {res.scores[n]:.2f}" for n in res.labels) or "(none)"
+            print(f"{res.image}: {top}")
+    return 0
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .engine import builders
+    from .engine.distributed import DistInfo
+
+    cfg = load_config(args.config, args.set)
+    cfg.data.cache = True
+    info = DistInfo()
+    device = builders.resolve_device(cfg.train.device, info)
+    splits = ["train", "val"] if args.split == "both" else [args.split]
+    datasets = {s: builders.load_split(cfg, s) for s in splits}
+    from .model import create_model
+
+    # the cache depends on the backbone alone, so a plain head suffices to hold it
+    model = create_model("baseline", backbone=cfg.model.backbone, pretrained=cfg.model.pretrained,
+                         num_classes=len(next(iter(datasets.values())).labels),
+                         freeze_backbone=True)
+    for s, ds in datasets.items():
+        feats = builders.cached_dataset(cfg, model, ds, device, info)
+        print(f"{s}: {len(feats)} feature maps cached under {cfg.data.cache_dir}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    methods = args.methods.split(",") if args.methods else None
+    run_demo(methods=methods, output_dir=args.output_dir, overrides=args.set)
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from .config import parse_overrides
+    from .data import load_dataset
+    from .data.inspect import summarize
+
+    if args.data_command != "inspect":
+        raise ValueError("data: choose an action, e.g. `mlrkit data inspect voc2007 --root ...`")
+    options = parse_overrides(args.option)
+    ds = load_dataset(args.name, root=args.root, split=args.split, **options)
+    print(summarize(ds))
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .backbones import list_backbones
+    from .model import list_models
+
+    print("methods:   " + ", ".join(list_models()))
+    print("backbones: " + ", ".join(list_backbones()))
+    return 0
+
+
+_COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict,
+             "extract-features": _cmd_extract, "demo": _cmd_demo, "data": _cmd_data,
+             "list-models": _cmd_list}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("mlrkit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line for the user; --debug shows all
+        if args.debug:
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"mlrkit {args.command}: error: {msg}", file=sys.stderr)
+        print("(run again with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,256 @@
+"""Run configuration: dataclasses, YAML in/out and dotted ``--set`` overrides.
+
+Unknown keys and values of the wrong type raise ``ConfigError`` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the file and key."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "baseline"
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool | str = True
+    freeze_backbone: bool = False
+    label_embeddings: str | None = None  # "glove50", "minilm", or a .pkl/.npy/.txt path
+    label_graph: str | None = None  # "cooccurrence", "cosine:<source>", or an adj .pkl path
+    options: dict[str, Any] = field(default_factory=dict)  # method options
+
+
+@dataclass
+class DataConfig:
+    # Each of train / val holds the arguments of mlrkit.load_dataset(name, root=, split=, ...).
+    train: dict[str, Any] = field(default_factory=dict)
+    val: dict[str, Any] = field(default_factory=dict)
+    image_size: int = 448
+    batch_size: int = 16
+    eval_batch_size: int = 0  # 0: same as batch_size
+    num_workers: int = 2
+    cache: bool = False  # train a head from cached frozen-backbone features
+    cache_dir: str = ".cache/features"
+    cache_dtype: str = "float16"
+    protocol: str | None = None  # label protocol of the training targets: a file or a spec
+    augment: dict[str, Any] = field(default_factory=dict)  # randaugment, cutout, ...
+    skip_bad: bool = False
+
+
+@dataclass
+class LossConfig:
+    name: str = "bce"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"  # sgd | adam | adamw
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    backbone_lr_mult: float = 1.0
+
+
+@dataclass
+class SchedConfig:
+    name: str = "none"  # none | step | cosine | onecycle | plateau
+    step_size: int = 10
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    pct_start: float = 0.2
+    factor: float = 0.1
+    patience: int = 2
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    grad_clip: float = 0.0
+    amp: str = "none"  # none | bf16 | fp16
+    ema: float = 0.0  # decay of the weight EMA; 0 disables it
+    early_stop: int = 0  # epochs without mAP improvement before stopping; 0 disables it
+    device: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    threshold: float = 0.5
+    top_k: int = 0
+    ap_mode: str = "sklearn"
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    seed: int = 0
+    output_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+_ENUMS = {
+    "optim.name": ("sgd", "adam", "adamw"),
+    "sched.name": ("none", "step", "cosine", "onecycle", "plateau"),
+    "train.amp": ("none", "bf16", "fp16"),
+    "eval.ap_mode": ("sklearn", "voc", "voc11"),
+    "data.cache_dtype": ("float16", "float32", "bfloat16"),
+}
+
+
+def _check_value(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _check_value(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        names = " or ".join(getattr(a, "__name__", str(a)) for a in typing.get_args(tp))
+        raise ConfigError(f"{key}: expected {names}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (arg,) = typing.get_args(tp) or (Any,)
+        return [_check_value(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, key)
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover
+
+
+def _from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            raise ConfigError(f"{key}: unknown key; allowed: {', '.join(sorted(names))}")
+        kwargs[k] = _check_value(v, hints[k], key)
+        if key in _ENUMS and kwargs[k] not in _ENUMS[key]:
+            raise ConfigError(f"{key}: {kwargs[k]!r} is not one of {', '.join(_ENUMS[key])}")
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    return _from_dict(Config, data)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` -> nested dict; values are parsed as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value (e.g. optim.lr=1e-4)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {p} is already set to a value")
+        node[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config (or start from ``base``), apply ``--set`` overrides, validate."""
+    data: dict[str, Any] = dict(base or {})
+    where = "config"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})".replace("\n", " ")) from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        data = deep_merge(data, loaded)
+    if overrides:
+        data = deep_merge(data, parse_overrides(overrides))
+        where += " (with --set)"
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None

@@ -1,0 +1,146 @@
+"""Turn a ``Config`` into datasets, label semantics, a model and data loaders."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from ..config import Config, ConfigError
+from ..data import MultiLabelDataset, load_dataset
+from ..model import MLRModel, create_model
+from ..structures import Features
+from .distributed import DistInfo
+
+
+def resolve_device(name: str, info: DistInfo) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", info.local_rank)
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def load_split(cfg: Config, which: str) -> MultiLabelDataset:
+    spec: dict[str, Any] = dict(getattr(cfg.data, which))
+    if "name" not in spec:
+        raise ConfigError(f"data.{which}.name: missing (the dataset to load, e.g. voc2007)")
+    name = spec.pop("name")
+    if cfg.data.skip_bad and "skip_bad" not in spec:
+        import inspect
+
+        from ..registry import DATASETS
+        if "skip_bad" in inspect.signature(DATASETS.get(name)).parameters:
+            spec["skip_bad"] = True
+    try:
+        return load_dataset(name, **spec)
+    except TypeError as e:
+        raise ConfigError(f"data.{which}: {e}") from None
+
+
+def apply_protocol(cfg: Config, ds: MultiLabelDataset) -> MultiLabelDataset:
+    """Replace training targets by a label protocol: a saved file, or
+    ``partial:<keep>`` / ``single_positive`` generated with the run's seed."""
+    spec = cfg.data.protocol
+    if not spec:
+        return ds
+    from ..data import protocols
+
+    if spec.startswith("partial:"):
+        try:
+            keep = float(spec.split(":", 1)[1])
+        except ValueError:
+            raise ConfigError(f"data.protocol: bad keep fraction in {spec!r}") from None
+        proto = protocols.partial(ds.targets, keep=keep, seed=cfg.seed)
+    elif spec == "single_positive":
+        proto = protocols.single_positive(ds.targets, seed=cfg.seed)
+    else:
+        proto = protocols.Protocol.load(spec)
+    return protocols.apply_protocol(ds, proto)
+
+
+def build_semantics(cfg: Config, train: MultiLabelDataset) -> dict[str, torch.Tensor | None]:
+    """Label embeddings (C, E) and label graph (C, C) named by the model config."""
+    emb = graph = None
+    names = list(train.labels.names)
+    if cfg.model.label_embeddings:
+        from ..semantics.embeddings import label_embeddings
+
+        emb = label_embeddings(cfg.model.label_embeddings, names)
+    if cfg.model.label_graph:
+        from ..semantics.graphs import label_graph
+
+        graph = label_graph(cfg.model.label_graph, train.targets, names)
+    return {"embeddings": emb, "graph": graph}
+
+
+def build_model(cfg: Config, num_classes: int, semantics: dict[str, torch.Tensor | None],
+                pretrained: bool | str | None = None) -> MLRModel:
+    m = cfg.model
+    return create_model(
+        m.name, backbone=m.backbone,
+        pretrained=m.pretrained if pretrained is None else pretrained,
+        num_classes=num_classes, label_embeddings=semantics.get("embeddings"),
+        label_graph=semantics.get("graph"), freeze_backbone=m.freeze_backbone or cfg.data.cache,
+        **m.options)
+
+
+def image_transform(cfg: Config, model: MLRModel, train: bool):
+    from ..data.transforms import transform_for
+
+    prep = dataclasses.replace(model.backbone.preprocessing, image_size=cfg.data.image_size)
+    return transform_for(prep, train=train, **(cfg.data.augment if train else {}))
+
+
+class IndexedDataset(Dataset):
+    """Yields ``(input, target, index)`` so predictions can be put back in dataset order."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):
+        x, y = self.base[i]
+        return x, y, i
+
+
+def cached_dataset(cfg: Config, model: MLRModel, ds: MultiLabelDataset, device: torch.device,
+                   info: DistInfo) -> Dataset:
+    """Frozen-backbone features of ``ds`` from the feature cache, extracting them if needed."""
+    from ..data import cache as fc
+
+    transform = image_transform(cfg, model, train=False)
+    key = fc.cache_key(model.backbone, ds, transform)
+    path = Path(cfg.data.cache_dir) / fc.cache_name(key)
+    if info.is_main and not fc.FeatureCache.exists(path):
+        dtype = getattr(torch, cfg.data.cache_dtype)
+        fc.extract_features(model.backbone.to(device), ds, path, batch_size=cfg.data.batch_size,
+                            num_workers=cfg.data.num_workers, dtype=dtype,
+                            transform=transform, progress=cfg.train.progress, device=device)
+    if info.enabled:
+        torch.distributed.barrier()
+    return fc.FeatureCacheDataset(fc.FeatureCache.open(path, expected_key=key))
+
+
+def make_loader(ds: Dataset, batch_size: int, train: bool, info: DistInfo, seed: int,
+                num_workers: int) -> tuple[DataLoader, DistributedSampler]:
+    """A loader whose order is the same for 1 process and for N ranks together: every rank
+    takes ``rank::world`` of one permutation seeded by (seed, epoch)."""
+    if batch_size % info.world_size:
+        raise ConfigError(f"data.batch_size: {batch_size} is not divisible by the "
+                          f"{info.world_size} processes")
+    sampler = DistributedSampler(ds, num_replicas=info.world_size, rank=info.rank,
+                                 shuffle=train, seed=seed, drop_last=False)
+    loader = DataLoader(IndexedDataset(ds), batch_size=batch_size // info.world_size,
+                        sampler=sampler, num_workers=num_workers,
+                        persistent_workers=False, pin_memory=False)
+    return loader, sampler
+
+
+def as_model_input(x: torch.Tensor, cached: bool) -> torch.Tensor | Features:
+    return Features(map=x.float()) if cached else x

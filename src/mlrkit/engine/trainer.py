@@ -1,0 +1,276 @@
+"""The training loop: one engine for every method, on one process or under ``torchrun``."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..config import Config, ConfigError
+from ..io import atomic_write_text
+from ..losses import create_loss
+from ..metrics import evaluate as evaluate_scores
+from . import builders
+from .checkpoint import (load_train_state, rng_state, save_checkpoint, save_train_state,
+                         set_rng_state)
+from .distributed import DistInfo, cleanup_distributed, gather_predictions, init_distributed
+from .ema import ModelEMA
+from .optim import build_optimizer, build_scheduler
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    if device.type == "cpu" and amp == "fp16":
+        raise ConfigError("train.amp: fp16 autocast needs a GPU; use bf16 on CPU")
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, loader, device: torch.device, amp: str, cached: bool,
+                   info: DistInfo, total: int, progress: bool = False) -> torch.Tensor:
+    """Logits (N, C) over a loader's dataset, gathered across ranks, in dataset order."""
+    model.eval()
+    idx_all, out_all = [], []
+    for x, _, idx in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        with autocast(device, amp):
+            out = model(builders.as_model_input(x.to(device), cached))
+        out_all.append(out.logits.float().cpu())
+        idx_all.append(idx)
+    logits = torch.cat(out_all) if out_all else torch.empty(0, 0)
+    return gather_predictions(torch.cat(idx_all), logits, info, total)
+
+
+class Trainer:
+    """Builds everything a config names and trains it; ``fit()`` returns the final metrics."""
+
+    def __init__(self, cfg: Config, resume: str | Path | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(resume) if resume else cfg.run_dir
+        self.resume = resume is not None
+        device_type = "cuda" if (cfg.train.device in ("auto", "cuda")
+                                 and torch.cuda.is_available()) else "cpu"
+        self.info = init_distributed(device_type)
+        self.device = builders.resolve_device(cfg.train.device, self.info)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.progress = cfg.train.progress and self.info.is_main
+        if self.info.is_main and not self.resume and (self.run_dir / "train_state.pt").exists():
+            raise ConfigError(f"{self.run_dir}: a run with this name exists; resume it with "
+                              f"--resume {self.run_dir} or choose another --set name=...")
+
+    # ----------------------------------------------------------------- setup
+    def setup(self) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.seed)
+        train_ds = builders.apply_protocol(cfg, builders.load_split(cfg, "train"))
+        val_ds = builders.load_split(cfg, "val")
+        if val_ds.labels.names != train_ds.labels.names:
+            raise ConfigError("data.val: its class names differ from data.train's")
+        self.labels = train_ds.labels
+        self.val_targets = val_ds.targets
+        self.skipped = list(train_ds.info.get("skipped", [])) + list(
+            val_ds.info.get("skipped", []))
+        self.semantics = builders.build_semantics(cfg, train_ds)
+        model = builders.build_model(cfg, len(self.labels), self.semantics).to(self.device)
+        self.cached = cfg.data.cache
+        if self.cached:
+            train_in = builders.cached_dataset(cfg, model, train_ds, self.device, self.info)
+            val_in = builders.cached_dataset(cfg, model, val_ds, self.device, self.info)
+        else:
+            train_ds.transform = builders.image_transform(cfg, model, train=True)
+            val_ds.transform = builders.image_transform(cfg, model, train=False)
+            train_in, val_in = train_ds, val_ds
+        self.n_val = len(val_in)
+        eval_bs = cfg.data.eval_batch_size or cfg.data.batch_size
+        self.train_loader, self.train_sampler = builders.make_loader(
+            train_in, cfg.data.batch_size, True, self.info, cfg.seed, cfg.data.num_workers)
+        self.val_loader, _ = builders.make_loader(
+            val_in, eval_bs - eval_bs % self.info.world_size or self.info.world_size, False,
+            self.info, cfg.seed, cfg.data.num_workers)
+        self.model = model
+        self.ddp = (DistributedDataParallel(model, device_ids=[self.device.index]
+                                            if self.device.type == "cuda" else None)
+                    if self.info.enabled else model)
+        self.loss_fn = create_loss(cfg.loss.name, **cfg.loss.options)
+        self.opt = build_optimizer(model, cfg.optim)
+        self.sched = build_scheduler(self.opt, cfg.sched, cfg.train.epochs,
+                                     len(self.train_loader))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=(
+            cfg.train.amp == "fp16" and self.device.type == "cuda"))
+        self.ema = ModelEMA(model, cfg.train.ema) if cfg.train.ema > 0 else None
+        self.epoch = 0  # epochs completed
+        self.best = {"mAP": -math.inf, "epoch": -1}
+        self.bad_epochs = 0
+        self.history: list[dict[str, Any]] = []
+        if self.resume:
+            self._load_state()
+
+    # ----------------------------------------------------------------- state
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None, "epoch": self.epoch,
+            "best": self.best, "bad_epochs": self.bad_epochs, "rng": rng_state(),
+            "history": json.dumps(self.history), "config": json.dumps(self.cfg.to_dict()),
+        }
+
+    def _load_state(self) -> None:
+        st = load_train_state(self.run_dir / "train_state.pt")
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        self.scaler.load_state_dict(st["scaler"])
+        if self.ema is not None and st["ema"] is not None:
+            self.ema.load_state_dict(st["ema"])
+        self.epoch, self.best, self.bad_epochs = st["epoch"], st["best"], st["bad_epochs"]
+        self.history = json.loads(st["history"])
+        set_rng_state(st["rng"])
+
+    def _meta(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        c = len(self.labels)
+        return {
+            "mlrkit_version": __version__, "version": __version__, "method": self.cfg.model.name,
+            "config": self.cfg.to_dict(), "label_names": list(self.labels.names),
+            "thresholds": [self.cfg.eval.threshold] * c, "epoch": self.epoch,
+            "metrics": metrics,
+        }
+
+    # ----------------------------------------------------------------- loop
+    def train_epoch(self) -> float:
+        cfg, dev = self.cfg, self.device
+        self.ddp.train()
+        self.train_sampler.set_epoch(self.epoch)
+        total, count = 0.0, 0
+        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}",
+                   leave=False, disable=not self.progress)
+        for x, y, _ in bar:
+            x, y = x.to(dev), y.to(dev)
+            with autocast(dev, cfg.train.amp):
+                out = self.ddp(builders.as_model_input(x, self.cached))
+            loss = self.loss_fn(out.logits.float(), y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"epoch {self.epoch + 1}: the loss became {loss.item()}"
+                                         "; lower optim.lr or enable train.grad_clip")
+            self.opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg.train.grad_clip > 0:
+                self.scaler.unscale_(self.opt)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            self.sched.step_batch()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            total += loss.item() * len(y)
+            count += len(y)
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        return total / max(count, 1)
+
+    def validate(self) -> tuple[dict[str, Any], Any]:
+        model = self.ema.module if self.ema is not None else self.model
+        logits = predict_logits(model, self.val_loader, self.device, self.cfg.train.amp,
+                                self.cached, self.info, self.n_val, progress=self.progress)
+        report = evaluate_scores(torch.sigmoid(logits), self.val_targets,
+                                 threshold=self.cfg.eval.threshold,
+                                 top_k=self.cfg.eval.top_k or None,
+                                 ap_mode=self.cfg.eval.ap_mode)
+        self.last_scores = torch.sigmoid(logits)
+        return report.to_dict(), report
+
+    def fit(self) -> dict[str, Any]:
+        try:
+            self.setup()
+            return self._fit()
+        finally:
+            cleanup_distributed()
+
+    def _fit(self) -> dict[str, Any]:
+        cfg, main = self.cfg, self.info.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
+            if self.skipped:
+                atomic_write_text(self.run_dir / "skipped.txt", "\n".join(self.skipped) + "\n")
+        report = None
+        while self.epoch < cfg.train.epochs:
+            t0 = time.perf_counter()
+            loss = self.train_epoch()
+            metrics, report = self.validate()
+            self.epoch += 1
+            self.sched.step_epoch(metrics["mAP"])
+            row = {"epoch": self.epoch, "train_loss": loss,
+                   "lr": self.opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
+                   **{k: v for k, v in metrics.items() if isinstance(v, int | float)}}
+            self.history.append(row)
+            improved = metrics["mAP"] > self.best["mAP"]
+            if improved:
+                self.best = {"mAP": metrics["mAP"], "epoch": self.epoch}
+                self.bad_epochs = 0
+            else:
+                self.bad_epochs += 1
+            if main:
+                self._write_epoch(metrics, improved)
+            if cfg.train.early_stop and self.bad_epochs >= cfg.train.early_stop:
+                break
+        return self._finish(report)
+
+    def _write_epoch(self, metrics: dict[str, Any], improved: bool) -> None:
+        weights = self.ema.module if self.ema is not None else self.model
+        meta = self._meta(metrics)
+        save_checkpoint(self.run_dir / "last", weights, meta, self.semantics)
+        if improved:
+            save_checkpoint(self.run_dir / "best", weights, meta, self.semantics)
+        self._write_log()
+        # written last: a run killed before this line resumes from the previous epoch
+        save_train_state(self.run_dir / "train_state.pt", self._state())
+
+    def _write_log(self) -> None:
+        buf = io.StringIO()
+        keys: list[str] = []
+        for row in self.history:
+            keys += [k for k in row if k not in keys]
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        w.writerows(self.history)
+        atomic_write_text(self.run_dir / "log.csv", buf.getvalue())
+
+    def _finish(self, report: Any) -> dict[str, Any]:
+        if report is None:  # resumed a run that had already finished
+            _, report = self.validate()
+        result = {"final": report.to_dict(), "best": self.best, "epochs": self.epoch,
+                  "per_class_ap": dict(zip(self.labels.names,
+                                           [float(v) for v in report.per_class_ap])),
+                  "choices": getattr(report, "choices", {})}
+        if self.info.is_main:
+            atomic_write_text(self.run_dir / "metrics.json",
+                              json.dumps(result, indent=2, default=str))
+        self.report = report
+        return result
+
+
+def train(cfg: Config, resume: str | Path | None = None) -> Trainer:
+    """Train the run a config describes (or resume the run in ``resume``); returns the trainer."""
+    trainer = Trainer(cfg, resume)
+    trainer.fit()
+    return trainer
