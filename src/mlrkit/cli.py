@@ -9,15 +9,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+def _add_common(p: argparse.ArgumentParser, top: bool = False) -> None:
+    # sub-commands must not reset a --debug given before them
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors",
+                   default=False if top else argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlrkit", description="Multi-label image recognition: train, evaluate and use "
         "DLSA, CMSG, SD-CSP, SigRL and their baselines.")
-    _add_common(parser)
+    _add_common(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model from a YAML config")
