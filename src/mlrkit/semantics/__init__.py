@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-try:
-    from .embeddings import label_embeddings
-except ModuleNotFoundError as _e:  # TEMP
-    if _e.name != f"{__name__}.embeddings":
-        raise
+from .embeddings import label_embeddings
 from .graphs import (
     binarize,
     conditional_probability,

