@@ -53,3 +53,17 @@ def test_round_trip_yaml(tmp_path):
     p = tmp_path / "rt.yaml"
     p.write_text(cfg.to_yaml())
     assert load_config(p) == cfg
+
+
+def test_holdout_split_is_deterministic_and_disjoint():
+    from mlrkit.data import holdout_split
+
+    ids = [f"im{i}" for i in range(40)]
+    val = holdout_split(ids, "val", 0.25, seed=0)
+    train = holdout_split(ids, "train", 0.25, seed=0)
+    assert len(val) == 10 and len(train) == 30
+    assert sorted(val + train) == list(range(40))
+    # independent of order: the same ids land in val when the list is reversed
+    rev = holdout_split(ids[::-1], "val", 0.25, seed=0)
+    assert {ids[::-1][i] for i in rev} == {ids[i] for i in val}
+    assert holdout_split(ids, "val", 0.25, seed=1) != val

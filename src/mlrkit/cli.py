@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override config keys, e.g. optim.lr=1e-4 data.val.split=test")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip bad label lines/images, listing them in RUN_DIR/skipped.txt")
     _add_common(p)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on its (or another) val dataset")
@@ -83,7 +85,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if not args.resume:
             raise ValueError("train: give --config X.yaml (or --resume RUN_DIR)")
         config = Path(args.resume) / "config.yaml"
-    cfg = load_config(config, args.set)
+    cfg = load_config(config, args.set + (["data.skip_bad=true"] if args.skip_bad else []))
     trainer = train(cfg, resume=args.resume)
     if trainer.info.is_main:
         print(trainer.report.format_table(list(trainer.labels.names)))

@@ -19,9 +19,38 @@ for _m in _MODULES:
             raise
 
 
+def holdout_split(ids: list[str], fold: str, fraction: float, seed: int) -> list[int]:
+    """Indices of the ``train`` or ``val`` fold of a deterministic split by image id.
+
+    Each id gets a key ``sha256(f"{seed}:{id}")``; the ``round(fraction * N)`` smallest keys
+    form ``val``. The split depends on the ids alone, not on their order.
+    """
+    import hashlib
+
+    if fold not in ("train", "val"):
+        raise ValueError(f"fold: expected 'train' or 'val', got {fold!r}")
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"val_fraction: expected a number in (0, 1), got {fraction}")
+    keys = [hashlib.sha256(f"{seed}:{i}".encode()).hexdigest() for i in ids]
+    order = sorted(range(len(ids)), key=keys.__getitem__)
+    n_val = int(round(fraction * len(ids)))
+    chosen = set(order[:n_val]) if fold == "val" else set(order[n_val:])
+    return [i for i in range(len(ids)) if i in chosen]
+
+
 def load_dataset(name: str, root: str | None = None, split: str | None = None,
+                 fold: str | None = None, val_fraction: float = 0.25, fold_seed: int = 0,
                  **options: Any) -> MultiLabelDataset:
-    """Load the dataset registered as ``name`` (e.g. ``voc2007``, ``coco``, ``list``)."""
+    """Load the dataset registered as ``name`` (e.g. ``voc2007``, ``coco``, ``list``).
+
+    ``fold="train"|"val"`` carves a deterministic hold-out split (``val_fraction`` of the
+    images, chosen by a hash of their ids and ``fold_seed``) from a dataset without one.
+    """
+    if fold is not None:
+        ds = load_dataset(name, root=root, split=split, **options)
+        sub = ds.subset(holdout_split(ds.ids, fold, val_fraction, fold_seed))
+        sub.info.update({"fold": fold, "val_fraction": val_fraction, "fold_seed": fold_seed})
+        return sub
     fn = DATASETS.get(name)
     params = inspect.signature(fn).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):

@@ -61,6 +61,18 @@ class MultiLabelDataset(Dataset):
             img = self.transform(img)
         return img, self.targets[i]
 
+    def subset(self, indices: Sequence[int]) -> MultiLabelDataset:
+        """A copy holding only the rows ``indices`` (in that order); datasets that make
+        their images from the index override this."""
+        idx = [int(i) for i in indices]
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.targets = self.targets[torch.as_tensor(idx, dtype=torch.long)]
+        new.ids = [self.ids[i] for i in idx]
+        new.paths = [self.paths[i] for i in idx] if self.paths is not None else None
+        new.info = dict(self.info)
+        return new
+
     def with_targets(self, targets: torch.Tensor) -> MultiLabelDataset:
         """A copy sharing images and ids but with other targets (e.g. a label protocol)."""
         new = object.__new__(type(self))
