@@ -140,16 +140,8 @@ def cosine_graph(embeddings: torch.Tensor | np.ndarray, tau: float | None = None
 
 
 def _cooccurrence(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    try:
-        from .cooccurrence import cooccurrence
-    except ModuleNotFoundError as e:  # pragma: no cover - until the shared module exists
-        if e.name != f"{__package__}.cooccurrence":
-            raise
-        pos = (torch.as_tensor(targets) == 1).to(torch.float64)
-        pairs = pos.T @ pos
-        counts = pairs.diagonal().clone()
-        pairs.fill_diagonal_(0.0)
-        return counts, pairs
+    from .cooccurrence import cooccurrence
+
     counts, pairs = cooccurrence(targets)
     return torch.as_tensor(counts), torch.as_tensor(pairs)
 
@@ -188,11 +180,13 @@ def label_graph(source: str | os.PathLike[str], targets: torch.Tensor | None = N
                 normalize: bool = True) -> torch.Tensor:
     """One entry point for a method's label graph ``(C, C)``.
 
-    ``source`` is ``"cooccurrence"`` (from the training ``targets``), ``"cosine:<embedding
+    ``source`` is ``"cooccurrence"`` (from the training ``targets``), ``"conditional"``
+    (the conditional probabilities ``P(L_j | L_i)`` of the targets with a unit diagonal, the
+    graph SSGRL propagates over; ``tau`` / ``p`` / ``normalize`` unused), ``"cosine:<embedding
     source>"`` (cosine similarity of ``label_embeddings(<embedding source>, names)``,
-    thresholded at ``tau``), or a path to an ML-GCN ``adj.pkl`` (``nums`` / ``adj``), to a
-    ``.npy`` matrix used as given (e.g. a relation matrix), handled like ``cooccurrence``
-    for ``.pkl``. ``tau`` / ``p`` / ``normalize`` follow ``cooccurrence_graph``.
+    thresholded at ``tau``), or a path: an ML-GCN ``adj.pkl`` (``nums`` / ``adj`` counts, turned
+    into a graph like ``"cooccurrence"``) or a ``(C, C)`` ``.npy`` matrix used as given (e.g. a
+    relation matrix). ``tau`` / ``p`` / ``normalize`` follow ``cooccurrence_graph``.
     """
     src = str(source)
     c = len(names) if names is not None else None
@@ -200,6 +194,11 @@ def label_graph(source: str | os.PathLike[str], targets: torch.Tensor | None = N
         if targets is None:
             raise ValueError("label_graph('cooccurrence'): give the training targets")
         A = cooccurrence_graph(targets, tau=tau, p=p, normalize=normalize)
+    elif src == "conditional":
+        if targets is None:
+            raise ValueError("label_graph('conditional'): give the training targets")
+        A = conditional_probability(*_cooccurrence(targets))
+        A.fill_diagonal_(1.0)
     elif src.startswith("cosine:"):
         if names is None:
             raise ValueError(f"label_graph({src!r}): give the class names")

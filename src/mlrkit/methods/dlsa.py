@@ -1,0 +1,110 @@
+"""DLSA: label semantic prior learning (LSPL, a GCN over the label graph), semantic
+decoupling (SD, class attention from the alignment of the feature map with the LSPL
+output) and self-attention reasoning (SAR, multi-head self-attention across the class
+vectors), each switchable for the ablation.
+
+Without LSPL the class semantic vectors are a linear map of the label embeddings; without
+SD the class vectors are the global average-pooled feature, multiplied element-wise by the
+class semantic vector when LSPL is on (an ML-GCN-like modulation) and shared by all classes
+otherwise (then, without SAR, the head is the plain baseline with a per-class classifier).
+When the backbone's channels differ from ``d2`` a 1x1 convolution projects the map to ``d2``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn.decoupling import ClassWiseLinear, SemanticAlignmentAttention
+from ..nn.gcn import GCN
+from ..registry import METHODS
+from ..structures import Features, Output
+from .mlgcn import require_semantics
+
+
+class SelfAttentionReasoning(nn.Module):
+    """Multi-head self-attention over class vectors with a residual (DLSA eq. 4-6), then two
+    fully connected layers with ReLU."""
+
+    def __init__(self, dim: int, heads: int = 4, ffn_dim: int | None = None,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"SAR: dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.fc1 = nn.Linear(dim, ffn_dim or dim)
+        self.fc2 = nn.Linear(ffn_dim or dim, dim)
+        self.dropout = dropout
+
+    def attend(self, v: torch.Tensor) -> torch.Tensor:
+        """``MHSA(V) = concat_h softmax(Q_h K_h^T / sqrt(d_k)) V_h W^O`` (DLSA eq. 4-5)."""
+        b, c, d = v.shape
+        q, k, val = self.qkv(v).view(b, c, 3, self.heads, d // self.heads).permute(
+            2, 0, 3, 1, 4)  # each (B, heads, C, d_k)
+        o = F.scaled_dot_product_attention(q, k, val, dropout_p=self.dropout
+                                           if self.training else 0.0)  # DLSA eq. 4
+        return self.out(o.transpose(1, 2).reshape(b, c, d))  # DLSA eq. 5
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        z = v + self.attend(v)  # DLSA eq. 6: residual
+        return F.relu(self.fc2(F.relu(self.fc1(z))))
+
+
+@METHODS.register("dlsa")
+class DLSA(nn.Module):
+    """DLSA head with module switches ``lspl``, ``sd``, ``sar``.
+
+    LSPL: ``E^2 = A LeakyReLU(A E^0 W^1) W^2`` with ``d1``, ``d2`` (eq. 2);
+    SD: ``a_c = sigmoid(E^2_c . F / sqrt(d2))``, ``v_c = mean_hw a_c F`` (eq. 3);
+    SAR: ``heads``-head self-attention + residual + 2 FC layers (eq. 4-6);
+    classifier ``y_c = w_c . v_c + b_c`` (eq. 7).
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, label_embeddings: torch.Tensor | None = None,
+                 label_graph: torch.Tensor | None = None, lspl: bool = True, sd: bool = True,
+                 sar: bool = True, d1: int = 1024, d2: int = 2048, heads: int = 4,
+                 ffn_dim: int | None = None, dropout: float = 0.0,
+                 negative_slope: float = 0.2) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.lspl, self.sd, self.sar = bool(lspl), bool(sd), bool(sar)
+        self.d2 = d2
+        self.proj = nn.Conv2d(in_dim, d2, 1) if in_dim != d2 else None
+        if self.lspl or self.sd:
+            emb, graph = require_semantics("dlsa", num_classes, label_embeddings, label_graph,
+                                           need_graph=self.lspl)
+            self.register_buffer("embeddings", emb)
+            self.register_buffer("adj", graph)
+            if self.lspl:
+                self.gcn = GCN([emb.shape[1], d1, d2], negative_slope=negative_slope)
+            else:
+                self.embed = nn.Linear(emb.shape[1], d2)
+        self.align = SemanticAlignmentAttention(d2) if self.sd else None
+        self.reason = SelfAttentionReasoning(d2, heads, ffn_dim, dropout) if self.sar else None
+        self.classifier = ClassWiseLinear(num_classes, d2)
+
+    def semantics(self) -> torch.Tensor | None:
+        """Class semantic vectors ``(C, d2)``: LSPL output ``E^2`` or a linear map of ``E^0``."""
+        if self.lspl:
+            return self.gcn(self.embeddings, self.adj)  # DLSA eq. 2
+        if self.sd:
+            return self.embed(self.embeddings)
+        return None
+
+    def forward(self, features: Features) -> Output:
+        fmap = features.map
+        if self.proj is not None:
+            fmap = self.proj(fmap)
+        s = self.semantics()
+        attn = None
+        if self.align is not None:
+            v, attn = self.align(fmap, s)  # DLSA eq. 3
+        else:
+            g = fmap.mean(dim=(2, 3))[:, None, :]  # (B, 1, d2)
+            v = g * s[None] if s is not None else g.expand(-1, self.num_classes, -1)
+        if self.reason is not None:
+            v = self.reason(v)  # DLSA eq. 4-6
+        return Output(logits=self.classifier(v), attention=attn)  # DLSA eq. 7

@@ -1,0 +1,100 @@
+"""Semantic decoupling: class-specific attention over feature-map positions, and the
+class-wise classifier that scores the resulting class vectors.
+
+* ``LowRankBilinearAttention``: SSGRL eq. 1-3 (label-embedding-guided, softmax over positions).
+* ``SemanticAlignmentAttention``: DLSA eq. 3 (alignment with the class semantic vectors,
+  sigmoid-normalized).
+* ``ClassWiseLinear``: one weight vector per class (SSGRL eq. 8, DLSA eq. 7).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["ClassWiseLinear", "LowRankBilinearAttention", "SemanticAlignmentAttention",
+           "attention_pool"]
+
+
+def attention_pool(fmap: torch.Tensor, attention: torch.Tensor,
+                   normalize: bool = False) -> torch.Tensor:
+    """Class vectors ``v[b, c] = sum_hw a[b, c, hw] f[b, :, hw]`` ``(B, C, D)``.
+
+    With ``normalize`` the sum is divided by the number of positions ``H W``.
+    """
+    v = torch.einsum("bchw,bdhw->bcd", attention, fmap)  # SSGRL eq. 3 / DLSA eq. 3
+    return v / (fmap.shape[2] * fmap.shape[3]) if normalize else v
+
+
+class LowRankBilinearAttention(nn.Module):
+    """SSGRL semantic decoupling.
+
+    ``f'_{c,hw} = P tanh((U f_hw) * (V x_c)) + b`` (eq. 1), ``a_{c,hw} = softmax_hw(f_a(f'))``
+    (eq. 2) and ``v_c = sum_hw a_{c,hw} f_hw`` (eq. 3). ``f_a`` is linear, as in the SSGRL
+    release, so ``f_a o P`` collapses into one vector and the ``(B, C, HW, d)`` product is
+    reduced without a ``d x d`` matmul per position and class.
+    """
+
+    def __init__(self, feat_dim: int, embed_dim: int, inter_dim: int = 1024) -> None:
+        super().__init__()
+        self.u = nn.Linear(feat_dim, inter_dim, bias=False)
+        self.v = nn.Linear(embed_dim, inter_dim, bias=False)
+        self.p = nn.Linear(inter_dim, inter_dim)
+        self.fa = nn.Linear(inter_dim, 1)
+
+    def scores(self, fmap: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """Unnormalized attention logits ``(B, C, H, W)``."""
+        b, _, h, w = fmap.shape
+        uf = self.u(fmap.flatten(2).transpose(1, 2))  # (B, HW, d)
+        vx = self.v(embeddings)  # (C, d)
+        z = torch.tanh(uf[:, None, :, :] * vx[None, :, None, :])  # SSGRL eq. 1, (B, C, HW, d)
+        w_eff = self.p.weight.T @ self.fa.weight.T  # (d, 1): f_a(P z + b) = z.w_eff + b_eff
+        b_eff = self.fa(self.p.bias)  # (1,)
+        s = (z @ w_eff).squeeze(-1) + b_eff
+        return s.view(b, -1, h, w)
+
+    def forward(self, fmap: torch.Tensor,
+                embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return class vectors ``(B, C, D)`` and attention maps ``(B, C, H, W)``."""
+        s = self.scores(fmap, embeddings)
+        a = torch.softmax(s.flatten(2), dim=-1).view_as(s)  # SSGRL eq. 2
+        return attention_pool(fmap, a), a
+
+
+class SemanticAlignmentAttention(nn.Module):
+    """DLSA semantic decoupling (eq. 3).
+
+    ``a_{c,hw} = sigmoid(s_c . f_hw / sqrt(D))`` aligns each position of the feature map with
+    the class semantic vector ``s_c`` (the LSPL output ``E^2``); the class vector is the
+    attention-weighted mean ``v_c = 1/(HW) sum_hw a_{c,hw} f_hw``. (``1/sqrt(D)`` keeps the
+    sigmoid out of saturation at D = 2048; the mean keeps the scale of global pooling.)
+    """
+
+    def __init__(self, dim: int, scale: bool = True) -> None:
+        super().__init__()
+        self.dim = dim
+        self.scale = 1.0 / math.sqrt(dim) if scale else 1.0
+
+    def forward(self, fmap: torch.Tensor,
+                semantics: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``fmap`` (B, D, H, W), ``semantics`` (C, D) -> vectors (B, C, D), maps (B, C, H, W)."""
+        if semantics.shape[-1] != fmap.shape[1]:
+            raise ValueError(f"semantic alignment: class vectors have {semantics.shape[-1]} "
+                             f"dims, the feature map {fmap.shape[1]} channels")
+        a = torch.sigmoid(torch.einsum("cd,bdhw->bchw", semantics, fmap) * self.scale)
+        return attention_pool(fmap, a, normalize=True), a  # DLSA eq. 3
+
+
+class ClassWiseLinear(nn.Module):
+    """Per-class classifier ``y_c = w_c . v_c + b_c`` on class vectors ``(B, C, D)``."""
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(dim)
+        self.weight = nn.Parameter(torch.empty(num_classes, dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(num_classes).uniform_(-bound, bound))
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bcd,cd->bc", v, self.weight) + self.bias  # DLSA eq. 7
