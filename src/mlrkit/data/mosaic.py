@@ -7,7 +7,9 @@ Labels follow an "outfit" prior so that classes co-occur the way clothes do:
 * with probability ``outfit_prob`` the image is an outfit:
   one top (uniform over T-shirt/top, Pullover, Dress, Coat, Shirt);
   Trouser with probability ``bottom_prob`` (``dress_bottom_prob`` when the top is a Dress);
-  one pair of shoes (uniform over Sandal, Sneaker, Ankle boot) with probability ``shoes_prob``;
+  one pair of shoes with probability ``shoes_prob``: with probability ``shoe_match_prob`` the
+  pair that matches the top (Dress -> Sandal; Coat, Pullover -> Ankle boot;
+  T-shirt/top, Shirt -> Sneaker), otherwise uniform over Sandal, Sneaker, Ankle boot;
   a Bag with probability ``bag_prob``;
   a Coat layered over a non-Coat top with probability ``layer_prob``;
 * otherwise it is a random assortment: ``k`` uniform in ``[min_items, max_items]`` distinct
@@ -15,7 +17,7 @@ Labels follow an "outfit" prior so that classes co-occur the way clothes do:
 * then every image is brought into ``[min_items, max_items]`` items: surplus items are dropped
   uniformly at random, missing ones are added uniformly from the absent classes.
 
-All draws for image ``i`` come from row ``i`` of one ``(N, 28)`` uniform matrix, so targets are
+All draws for image ``i`` come from row ``i`` of one ``(N, 29)`` uniform matrix, so targets are
 computed up front, vectorized, and image ``i`` is the same whatever ``num_images`` is. The
 layout (cells, source photo, item size and offset) is drawn lazily from a generator seeded by
 ``(seed, split, i)``. ``split="train"`` uses Fashion-MNIST's 60,000 training photos,
@@ -46,6 +48,7 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 TSHIRT, TROUSER, PULLOVER, DRESS, COAT, SANDAL, SHIRT, SNEAKER, BAG, BOOT = range(10)
 TOPS = (TSHIRT, PULLOVER, DRESS, COAT, SHIRT)
 SHOES = (SANDAL, SNEAKER, BOOT)
+MATCHING_SHOE = {TSHIRT: SNEAKER, PULLOVER: BOOT, DRESS: SANDAL, COAT: BOOT, SHIRT: SNEAKER}
 NUM_CLASSES = len(FASHION_CLASSES)
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
@@ -56,7 +59,8 @@ _SPLIT_CODE = {"train": 0, "test": 1}
 _U_OUTFIT, _U_TOP, _U_BOTTOM, _U_SHOE, _U_HAS_SHOE, _U_BAG, _U_LAYER, _U_K = range(8)
 _U_ASSORT = slice(8, 18)  # sort keys of the random assortment
 _U_CLAMP = slice(18, 28)  # sort keys used to drop / add items
-_NUM_U = 28
+_U_MATCH = 28
+_NUM_U = 29
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class OutfitPrior:
     shoes_prob: float = 0.8
     bag_prob: float = 0.3
     layer_prob: float = 0.25
+    shoe_match_prob: float = 0.6
 
     def __post_init__(self) -> None:
         for k, v in asdict(self).items():
@@ -78,7 +83,7 @@ class OutfitPrior:
 
 def sample_labels(u: np.ndarray, prior: OutfitPrior, min_items: int,
                   max_items: int) -> np.ndarray:
-    """(N, 10) bool label matrix from an (N, 28) uniform matrix ``u`` (vectorized)."""
+    """(N, 10) bool label matrix from an (N, 29) uniform matrix ``u`` (vectorized)."""
     n = u.shape[0]
     rows = np.arange(n)
     outfit = np.zeros((n, NUM_CLASSES), dtype=bool)
@@ -87,6 +92,9 @@ def sample_labels(u: np.ndarray, prior: OutfitPrior, min_items: int,
     p_bottom = np.where(top == DRESS, prior.dress_bottom_prob, prior.bottom_prob)
     outfit[:, TROUSER] = u[:, _U_BOTTOM] < p_bottom
     shoe = np.asarray(SHOES)[np.minimum((u[:, _U_SHOE] * len(SHOES)).astype(int), len(SHOES) - 1)]
+    match = np.zeros(NUM_CLASSES, dtype=int)
+    match[list(MATCHING_SHOE)] = list(MATCHING_SHOE.values())
+    shoe = np.where(u[:, _U_MATCH] < prior.shoe_match_prob, match[top], shoe)
     outfit[rows, shoe] |= u[:, _U_HAS_SHOE] < prior.shoes_prob
     outfit[:, BAG] |= u[:, _U_BAG] < prior.bag_prob
     outfit[:, COAT] |= (top != COAT) & (u[:, _U_LAYER] < prior.layer_prob)
@@ -250,7 +258,8 @@ def fashion_mosaic(root: str | None = None, split: str | None = "train",
                    item_scale: tuple[float, float] | list[float] = (0.7, 1.0), seed: int = 0,
                    outfit_prob: float = 0.75, bottom_prob: float = 0.8,
                    dress_bottom_prob: float = 0.1, shoes_prob: float = 0.8,
-                   bag_prob: float = 0.3, layer_prob: float = 0.25) -> FashionMosaic:
+                   bag_prob: float = 0.3, layer_prob: float = 0.25,
+                   shoe_match_prob: float = 0.6) -> FashionMosaic:
     """Multi-label Fashion-MNIST mosaics (10 classes) with an outfit co-occurrence prior.
 
     ``num_images`` defaults to a tenth of the split's photos (6,000 train / 1,000 test);
@@ -276,7 +285,7 @@ def fashion_mosaic(root: str | None = None, split: str | None = "train",
                         f"got {item_scale!r}")
     try:
         prior = OutfitPrior(outfit_prob, bottom_prob, dress_bottom_prob, shoes_prob, bag_prob,
-                            layer_prob)
+                            layer_prob, shoe_match_prob)
     except ValueError as e:
         raise DataError(str(e)) from None
     photos, photo_labels = load_fashion_mnist(root, split)

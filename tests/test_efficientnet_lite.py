@@ -1,0 +1,185 @@
+"""EfficientNet-Lite0: output geometry, real ImageNet weights, the preprocessing they expect."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("efficientnet_lite_pytorch")
+
+from mlrkit.backbones import create_backbone, list_backbones  # noqa: E402
+from mlrkit.backbones.efficientnet_lite import default_weights_path  # noqa: E402
+
+
+def _weights_file() -> Path:
+    try:
+        path = default_weights_path()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    if not path.is_file():
+        pytest.skip(f"{path} missing")
+    return path
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    _weights_file()
+    return create_backbone("efficientnet_lite0", pretrained=True).freeze()
+
+
+def _stride32(n: int) -> int:
+    for _ in range(5):  # five stride-2 stages with TF "same" padding: ceil(n / 2) each
+        n = math.ceil(n / 2)
+    return n
+
+
+def test_registered_and_metadata():
+    assert "efficientnet_lite0" in list_backbones()
+    bb = create_backbone("efficientnet_lite0")
+    assert bb.out_dim == 1280
+    assert bb.weights_id == "random"
+    assert bb.preprocessing.image_size == 224
+    assert bb.preprocessing.mean == (0.5, 0.5, 0.5) and bb.preprocessing.std == (0.5, 0.5, 0.5)
+    assert create_backbone("efficientnet_lite0", image_size=448).preprocessing.image_size == 448
+    # 4.7 M parameters with the ImageNet classifier (published size of EfficientNet-Lite0)
+    assert abs(sum(p.numel() for p in bb.parameters()) / 1e6 - 4.65) < 0.05
+
+
+@pytest.mark.parametrize("hw", [(224, 224), (448, 448), (200, 300)])
+def test_map_shape(hw):
+    torch.manual_seed(0)
+    bb = create_backbone("efficientnet_lite0").freeze()
+    feats = bb(torch.randn(2, 3, *hw))
+    assert feats.map.shape == (2, 1280, _stride32(hw[0]), _stride32(hw[1]))
+    assert not feats.map.requires_grad
+
+
+def test_pretrained_weights_are_the_files_tensors(pretrained):
+    sd = torch.load(_weights_file(), map_location="cpu", weights_only=True)
+    own = pretrained.model.state_dict()
+    assert set(sd) == set(own)
+    for k in ("_conv_stem.weight", "_blocks.7._depthwise_conv.weight", "_bn1.running_var",
+              "_conv_head.weight", "_fc.bias"):
+        assert torch.equal(own[k], sd[k]), k
+    assert pretrained.weights_id == "efficientnet-lite0-imagenet"
+    rand = create_backbone("efficientnet_lite0")
+    assert not torch.equal(rand.model.state_dict()["_conv_head.weight"], sd["_conv_head.weight"])
+
+
+def test_local_weight_file(tmp_path, pretrained):
+    path = tmp_path / "lite0.pth"
+    torch.save(pretrained.model.state_dict(), path)
+    bb = create_backbone("efficientnet_lite0", pretrained=str(path))
+    assert torch.equal(bb.model._conv_head.weight, pretrained.model._conv_head.weight)
+    assert bb.weights_id.startswith("file:lite0.pth:")
+    # a backbone state dict ("model." prefix) without the classifier loads too
+    sd = {k: v for k, v in pretrained.state_dict().items() if "_fc." not in k}
+    torch.save(sd, tmp_path / "nofc.pth")
+    bb2 = create_backbone("efficientnet_lite0", pretrained=str(tmp_path / "nofc.pth"))
+    assert torch.equal(bb2.model._bn1.running_mean, pretrained.model._bn1.running_mean)
+
+
+def test_bad_weights_and_options(tmp_path):
+    missing = tmp_path / "nowhere" / "lite0.pth"
+    with pytest.raises(FileNotFoundError, match="nowhere/lite0.pth.*put the file there"):
+        create_backbone("efficientnet_lite0", pretrained=str(missing))
+    torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="other.pth: not EfficientNet-Lite0 weights"):
+        create_backbone("efficientnet_lite0", pretrained=str(tmp_path / "other.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pth: not a readable"):
+        create_backbone("efficientnet_lite0", pretrained=str(tmp_path / "junk.pth"))
+    with pytest.raises(TypeError, match="unknown option.*depth"):
+        create_backbone("efficientnet_lite0", depth=3)
+    with pytest.raises(ValueError, match=r"expected images \(B, 3, H, W\)"):
+        create_backbone("efficientnet_lite0").forward_map(torch.zeros(1, 1, 32, 32))
+
+
+def _coco_photos(data_dir: Path, n: int | None = None) -> list[Path]:
+    files = sorted((data_dir / "coco128" / "images" / "train2017").glob("*.jpg"))
+    if not files:
+        pytest.skip(f"no coco128 photos under {data_dir}")
+    return files[:n] if n else files
+
+
+def _batch(files: list[Path], mean, std, size: int = 224) -> torch.Tensor:
+    from PIL import Image
+    from torchvision import transforms as T
+
+    tf = T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize(mean, std)])
+    return torch.stack([tf(Image.open(f).convert("RGB")) for f in files])
+
+
+def test_preprocessing_matches_the_weights_statistics(pretrained, data_dir):
+    """The stem's BatchNorm stored the variance of its conv outputs on the training inputs;
+    on real photos normalized as ``preprocessing`` says, the conv outputs must have about that
+    variance, while ImageNet mean/std (a 2.2x wider input range) would not."""
+    files = _coco_photos(data_dir, 32)
+    stem = pretrained.model._conv_stem
+    run_var = pretrained.model._bn0.running_var
+    ok = run_var > 1e-3
+    ratios = {}
+    for name, mean, std in [("lite", pretrained.preprocessing.mean, pretrained.preprocessing.std),
+                            ("imagenet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]:
+        with torch.no_grad():
+            y = stem(_batch(files, mean, std))
+        ratios[name] = (y.var(dim=(0, 2, 3))[ok] / run_var[ok]).median().item()
+    assert 0.6 < ratios["lite"] < 1.6, ratios
+    assert ratios["imagenet"] > 2.5, ratios
+
+
+# ImageNet-1k classes that name the same thing as a COCO class (independent vocabularies).
+_SYNONYMS = {
+    "zebra": {"zebra"},
+    "elephant": {"African elephant", "Indian elephant", "tusker"},
+    "airplane": {"airliner", "warplane", "wing", "airship", "space shuttle"},
+    "bus": {"school bus", "trolleybus", "minibus", "passenger car", "streetcar", "fire engine"},
+    "train": {"electric locomotive", "steam locomotive", "passenger car", "streetcar",
+              "bullet train", "freight car"},
+    "pizza": {"pizza"},
+    "teddy bear": {"teddy"},
+    "motorcycle": {"moped", "motor scooter", "crash helmet", "disk brake"},
+}
+
+
+def test_imagenet_classifier_on_real_photos(pretrained, data_dir):
+    """Top-5 ImageNet classes of COCO photos whose largest object is one of the classes above
+    contain a synonym of that object; random weights do not."""
+    import yaml
+    from torchvision.models import ResNet50_Weights
+
+    categories = ResNet50_Weights.IMAGENET1K_V1.meta["categories"]
+    root = data_dir / "coco128"
+    names = yaml.safe_load((root / "config.yaml").read_text())["names"]
+    chosen, wanted = [], []
+    for f in _coco_photos(data_dir):
+        lab = root / "labels" / "train2017" / f"{f.stem}.txt"
+        area: dict[str, float] = {}
+        for line in (lab.read_text().splitlines() if lab.is_file() else []):
+            c, _, _, w, h = line.split()
+            area[names[int(c)]] = area.get(names[int(c)], 0.0) + float(w) * float(h)
+        if area:
+            top = max(area, key=area.get)
+            if top in _SYNONYMS and area[top] >= 0.25:
+                chosen.append(f)
+                wanted.append(_SYNONYMS[top])
+    assert len(chosen) >= 10, "coco128 should hold >= 10 such photos"
+    x = _batch(chosen, pretrained.preprocessing.mean, pretrained.preprocessing.std)
+
+    def hit_rate(bb) -> float:
+        with torch.no_grad():
+            top5 = bb.classify(x).topk(5).indices
+        hits = [bool({categories[j] for j in row} & w) for row, w in zip(top5.tolist(), wanted)]
+        return sum(hits) / len(hits)
+
+    assert hit_rate(pretrained) >= 0.75
+    torch.manual_seed(0)
+    assert hit_rate(create_backbone("efficientnet_lite0").freeze()) <= 0.25
+    # the same photo gives the same map; two different photos give different maps
+    with torch.no_grad():
+        a, b = pretrained(x[:2]).map, pretrained(x[:2]).map
+    assert torch.equal(a, b)
+    assert (a[0] - a[1]).abs().mean() > 0.1 * a.abs().mean()
