@@ -1,0 +1,207 @@
+"""DLSA head: each equation against explicit loops, the ablation switches, training, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mlrkit import create_model
+from mlrkit.methods.dlsa import DLSA, SelfAttentionReasoning
+from mlrkit.nn.decoupling import ClassWiseLinear, SemanticAlignmentAttention
+from mlrkit.nn.gcn import GCN
+from mlrkit.semantics import cooccurrence_graph
+from mlrkit.structures import Features
+
+C, E_DIM, D, H, W = 4, 6, 8, 3, 5
+ROWS = {  # (lspl, sd, sar): the five ablation rows
+    "baseline": (False, False, False),
+    "lspl": (True, False, False),
+    "lspl_sd": (True, True, False),
+    "sd_sar": (False, True, True),
+    "full": (True, True, True),
+}
+
+
+def _semantics(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(C, E_DIM, generator=g)
+    targets = torch.where(torch.rand(30, C, generator=g) < 0.5, 1, -1)
+    return emb, cooccurrence_graph(targets)
+
+
+def test_gcn_eq2_explicit() -> None:
+    torch.manual_seed(0)
+    emb, A = _semantics()
+    gcn = GCN([E_DIM, 5, 7])
+    W1, W2 = gcn.layers[0].weight, gcn.layers[1].weight
+    out = gcn(emb, A)
+    e1 = torch.zeros(C, 5)
+    for i in range(C):
+        for j in range(C):
+            e1[i] += A[i, j] * (emb[j] @ W1)
+    e1 = torch.where(e1 > 0, e1, 0.2 * e1)  # LeakyReLU(0.2)
+    e2 = torch.zeros(C, 7)
+    for i in range(C):
+        for j in range(C):
+            e2[i] += A[i, j] * (e1[j] @ W2)
+    torch.testing.assert_close(out, e2)
+
+
+def test_semantic_decoupling_eq3_explicit() -> None:
+    torch.manual_seed(1)
+    fmap = torch.randn(2, D, H, W)
+    sem = torch.randn(C, D)
+    v, a = SemanticAlignmentAttention(D)(fmap, sem)
+    assert v.shape == (2, C, D) and a.shape == (2, C, H, W)
+    for b in range(2):
+        for c in range(C):
+            acc = torch.zeros(D)
+            for y in range(H):
+                for x in range(W):
+                    s = sum(float(sem[c, k] * fmap[b, k, y, x]) for k in range(D))
+                    att = 1 / (1 + math.exp(-s / math.sqrt(D)))
+                    assert a[b, c, y, x].item() == pytest.approx(att, rel=1e-5)
+                    acc += att * fmap[b, :, y, x]
+            torch.testing.assert_close(v[b, c], acc / (H * W))
+
+
+def test_self_attention_eq4_6_explicit() -> None:
+    torch.manual_seed(2)
+    heads, dk = 2, D // 2
+    sar = SelfAttentionReasoning(D, heads=heads, ffn_dim=12).eval()
+    v = torch.randn(3, C, D)
+    with torch.no_grad():
+        _check_sar(sar, v, heads, dk)
+
+
+def _check_sar(sar: SelfAttentionReasoning, v: torch.Tensor, heads: int, dk: int) -> None:
+    wq, wk, wv = sar.qkv.weight.split(D)
+    bq, bk, bv = sar.qkv.bias.split(D)
+    out = sar(v)
+    for b in range(3):
+        q, k, val = v[b] @ wq.T + bq, v[b] @ wk.T + bk, v[b] @ wv.T + bv
+        head_out = []
+        for h in range(heads):
+            sl = slice(h * dk, (h + 1) * dk)
+            scores = torch.tensor([[float(q[i, sl] @ k[j, sl]) / math.sqrt(dk) for j in range(C)]
+                                   for i in range(C)])
+            att = torch.exp(scores) / torch.exp(scores).sum(1, keepdim=True)
+            head_out.append(att @ val[:, sl])
+        mhsa = torch.cat(head_out, 1) @ sar.out.weight.T + sar.out.bias
+        z = v[b] + mhsa  # residual
+        ref = torch.relu(torch.relu(z @ sar.fc1.weight.T + sar.fc1.bias) @ sar.fc2.weight.T
+                         + sar.fc2.bias)
+        torch.testing.assert_close(out[b], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_classwise_classifier_eq7() -> None:
+    clf = ClassWiseLinear(C, D)
+    v = torch.randn(2, C, D)
+    ref = torch.stack([torch.stack([v[b, c] @ clf.weight[c] + clf.bias[c] for c in range(C)])
+                       for b in range(2)])
+    torch.testing.assert_close(clf(v), ref)
+
+
+def test_full_head_composes_the_equations() -> None:
+    torch.manual_seed(3)
+    emb, A = _semantics()
+    head = DLSA(D, C, emb, A, d1=5, d2=D, heads=2).eval()
+    fmap = torch.randn(2, D, H, W)
+    out = head(Features(map=fmap))
+    e2 = head.gcn(emb, A)
+    v, a = SemanticAlignmentAttention(D)(fmap, e2)
+    ref = head.classifier(head.reason(v))
+    torch.testing.assert_close(out.logits, ref)
+    torch.testing.assert_close(out.attention, a)
+    assert out.logits.shape == (2, C) and out.attention.shape == (2, C, H, W)
+
+
+def test_ablation_fallbacks() -> None:
+    torch.manual_seed(4)
+    emb, A = _semantics()
+    fmap = torch.randn(2, D, H, W)
+    g = fmap.mean(dim=(2, 3))
+    base = DLSA(D, C, None, None, lspl=False, sd=False, sar=False, d2=D)
+    out = base(Features(map=fmap))
+    assert out.attention is None
+    ref = g @ base.classifier.weight.T + base.classifier.bias  # plain per-class linear layer
+    torch.testing.assert_close(out.logits, ref)
+    lspl = DLSA(D, C, emb, A, lspl=True, sd=False, sar=False, d1=5, d2=D)
+    e2 = lspl.gcn(emb, A)
+    ref = torch.einsum("bd,cd,cd->bc", g, e2, lspl.classifier.weight) + lspl.classifier.bias
+    torch.testing.assert_close(lspl(Features(map=fmap)).logits, ref)
+    sd_only = DLSA(D, C, emb, None, lspl=False, sd=True, sar=False, d2=D)
+    v, _ = SemanticAlignmentAttention(D)(fmap, sd_only.embed(emb))
+    torch.testing.assert_close(sd_only(Features(map=fmap)).logits, sd_only.classifier(v))
+
+
+def test_projection_when_backbone_dim_differs() -> None:
+    emb, A = _semantics()
+    head = DLSA(10, C, emb, A, d1=5, d2=D, heads=2)
+    fmap = torch.randn(2, 10, H, W)
+    out = head(Features(map=fmap))
+    proj = F.conv2d(fmap, head.proj.weight, head.proj.bias)
+    e2 = head.gcn(emb, A)
+    v, _ = SemanticAlignmentAttention(D)(proj, e2)
+    torch.testing.assert_close(out.logits, head.classifier(head.reason(v)))
+
+
+def _learnable_task(n: int = 48, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature maps with class-specific patterns at random positions; labels = which are there."""
+    g = torch.Generator().manual_seed(seed)
+    patterns = torch.randn(C, D, generator=g) * 4
+    y = (torch.rand(n, C, generator=g) < 0.4).float()
+    x = torch.randn(n, D, H, W, generator=g) * 0.3
+    for c in range(C):
+        pos = torch.randint(0, H * W, (n,), generator=g)
+        x.view(n, D, -1)[torch.arange(n), :, pos] += y[:, c:c + 1] * patterns[c]
+    return x, y
+
+
+@pytest.mark.parametrize("row", list(ROWS))
+def test_every_ablation_row_trains(row: str) -> None:
+    torch.manual_seed(0)
+    emb, _ = _semantics()
+    x, y = _learnable_task()
+    targets = torch.where(y > 0, 1, -1)
+    lspl, sd, sar = ROWS[row]
+    model = create_model("dlsa", backbone="cached", in_dim=D, num_classes=C,
+                         label_embeddings=emb, label_graph=cooccurrence_graph(targets),
+                         lspl=lspl, sd=sd, sar=sar, d1=16, d2=16, heads=4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        loss = F.binary_cross_entropy_with_logits(model(Features(map=x)).logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], (row, losses[0], losses[-1])
+    if lspl:
+        assert model.head.gcn.layers[0].weight.grad is not None
+
+
+def test_bad_inputs() -> None:
+    emb, A = _semantics()
+    with pytest.raises(ValueError, match=r"label_embeddings must have shape \(5, E\)"):
+        DLSA(D, 5, emb, cooccurrence_graph(torch.ones(3, 5)), d2=D)
+    with pytest.raises(ValueError, match=r"label_embeddings: expected shape \(5, E\)"):
+        create_model("dlsa", backbone="cached", in_dim=D, num_classes=5, label_embeddings=emb)
+    bad = A.clone()
+    bad[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        DLSA(D, C, emb, bad, d2=D)
+    zero = A.clone()
+    zero[2] = 0
+    with pytest.raises(ValueError, match=r"all-zero row\(s\) \[2\]"):
+        DLSA(D, C, emb, zero, d2=D)
+    with pytest.raises(ValueError, match="needs label_graph"):
+        DLSA(D, C, emb, None, d2=D)
+    with pytest.raises(ValueError, match="needs label_embeddings"):
+        DLSA(D, C, None, A, d2=D)
+    with pytest.raises(ValueError, match="not divisible by heads"):
+        DLSA(D, C, emb, A, d2=D, heads=3)
+    DLSA(D, C, emb, None, lspl=False, sd=True, d2=D)  # SD alone needs no graph
