@@ -217,10 +217,11 @@ class FeatureCache:
         return self.shape[0]
 
     def _to_float(self, arr: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.array(arr))  # copy out of the read-only map
-        if self.dtype == "bfloat16":
-            t = t.view(torch.bfloat16)
-        return t.float()
+        if self.dtype == "bfloat16":  # bfloat16 = the upper 16 bits of a float32
+            out = (np.asarray(arr, dtype=np.uint32) << 16).view(np.float32)
+        else:  # numpy's float16 -> float32 is much faster than torch's on CPU
+            out = np.array(arr, dtype=np.float32)  # a copy out of the read-only map
+        return torch.from_numpy(out)
 
     def get(self, i: int) -> torch.Tensor:
         """The float32 map (D, H, W) of row ``i``."""
