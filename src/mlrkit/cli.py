@@ -157,7 +157,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
         raise ValueError("data: choose an action, e.g. `mlrkit data inspect voc2007 --root ...`")
     options = parse_overrides(args.option)
     ds = load_dataset(args.name, root=args.root, split=args.split, **options)
-    print(summarize(ds))
+    print(summarize(ds, max_classes=None))
     return 0
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import inspect
 from importlib import import_module
+from inspect import signature
 from typing import Any
 
 from ..registry import DATASETS
@@ -52,7 +52,7 @@ def load_dataset(name: str, root: str | None = None, split: str | None = None,
         sub.info.update({"fold": fold, "val_fraction": val_fraction, "fold_seed": fold_seed})
         return sub
     fn = DATASETS.get(name)
-    params = inspect.signature(fn).parameters
+    params = signature(fn).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         bad = [k for k in options if k not in params]
         if bad:

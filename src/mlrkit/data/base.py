@@ -31,10 +31,10 @@ class MultiLabelDataset(Dataset):
                  info: dict[str, Any] | None = None) -> None:
         self.targets = validate_targets(targets, len(labels))
         self.labels = labels
-        self.paths = [Path(p) for p in paths] if paths is not None else None
+        self.paths = list(paths) if paths is not None else None  # str or Path
         if self.paths is not None and len(self.paths) != len(self.targets):
             raise DataError(f"{len(self.paths)} images but {len(self.targets)} label rows")
-        self.ids = list(ids) if ids is not None else [p.stem for p in (self.paths or [])]
+        self.ids = list(ids) if ids is not None else [Path(p).stem for p in (self.paths or [])]
         if len(self.ids) != len(self.targets):
             raise DataError(f"{len(self.ids)} ids but {len(self.targets)} label rows")
         self.transform = transform
@@ -46,7 +46,7 @@ class MultiLabelDataset(Dataset):
     def load_image(self, i: int) -> Image.Image:
         if self.paths is None:
             raise DataError("this dataset has labels only (no image files)")
-        path = self.paths[i]
+        path = Path(self.paths[i])
         try:
             with Image.open(path) as im:
                 return im.convert("RGB")

@@ -1,13 +1,7 @@
-"""Label statistics of a dataset as text (``mlrkit data inspect``).
-
-Note: importing this submodule binds ``mlrkit.data.inspect`` to it, shadowing the standard
-``inspect`` module inside ``mlrkit/data/__init__.py``, which calls ``inspect.signature``;
-``signature`` is therefore re-exported here so that both keep working.
-"""
+"""Label statistics of a dataset as text (``mlrkit data inspect``)."""
 
 from __future__ import annotations
 
-from inspect import signature  # noqa: F401  (see the note below)
 from typing import Any
 
 import torch
