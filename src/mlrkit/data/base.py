@@ -31,7 +31,7 @@ class MultiLabelDataset(Dataset):
                  info: dict[str, Any] | None = None) -> None:
         self.targets = validate_targets(targets, len(labels))
         self.labels = labels
-        self.paths = list(paths) if paths is not None else None  # str or Path
+        self.paths = [Path(p) for p in paths] if paths is not None else None
         if self.paths is not None and len(self.paths) != len(self.targets):
             raise DataError(f"{len(self.paths)} images but {len(self.targets)} label rows")
         self.ids = list(ids) if ids is not None else [Path(p).stem for p in (self.paths or [])]
