@@ -138,15 +138,28 @@ def test_ablation_fallbacks() -> None:
     torch.testing.assert_close(sd_only(Features(map=fmap)).logits, sd_only.classifier(v))
 
 
-def test_projection_when_backbone_dim_differs() -> None:
-    emb, A = _semantics()
-    head = DLSA(10, C, emb, A, d1=5, d2=D, heads=2)
+@pytest.mark.parametrize("num_classes", [C, 20])  # fewer / more classes than positions
+def test_projection_when_backbone_dim_differs(num_classes: int) -> None:
+    torch.manual_seed(5)
+    emb = torch.randn(num_classes, E_DIM)
+    A = cooccurrence_graph(torch.where(torch.rand(30, num_classes) < 0.5, 1, -1))
+    head = DLSA(10, num_classes, emb, A, d1=5, d2=D, heads=2)
     fmap = torch.randn(2, 10, H, W)
     out = head(Features(map=fmap))
-    proj = F.conv2d(fmap, head.proj.weight, head.proj.bias)
+    proj = F.conv2d(fmap, head.proj.weight[:, :, None, None], head.proj.bias)  # 1x1 conv first
     e2 = head.gcn(emb, A)
-    v, _ = SemanticAlignmentAttention(D)(proj, e2)
-    torch.testing.assert_close(out.logits, head.classifier(head.reason(v)))
+    v, a = SemanticAlignmentAttention(D)(proj, e2)
+    torch.testing.assert_close(out.logits, head.classifier(head.reason(v)), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.attention, a, atol=1e-6, rtol=1e-5)
+    no_sd = DLSA(10, num_classes, emb, A, sd=False, sar=False, d1=5, d2=D)
+    g = proj_of(no_sd, fmap).mean(dim=(2, 3))
+    ref = torch.einsum("bd,cd,cd->bc", g, no_sd.gcn(emb, A), no_sd.classifier.weight)
+    torch.testing.assert_close(no_sd(Features(map=fmap)).logits, ref + no_sd.classifier.bias,
+                               atol=1e-5, rtol=1e-4)
+
+
+def proj_of(head: DLSA, fmap: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(fmap, head.proj.weight[:, :, None, None], head.proj.bias)
 
 
 def _learnable_task(n: int = 48, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,9 @@ Without LSPL the class semantic vectors are a linear map of the label embeddings
 SD the class vectors are the global average-pooled feature, multiplied element-wise by the
 class semantic vector when LSPL is on (an ML-GCN-like modulation) and shared by all classes
 otherwise (then, without SAR, the head is the plain baseline with a per-class classifier).
-When the backbone's channels differ from ``d2`` a 1x1 convolution projects the map to ``d2``.
+When the backbone's channels differ from ``d2`` a learned linear map (a 1x1 convolution)
+projects the features to ``d2``; it is applied where it is cheapest (see
+``SemanticAlignmentAttention``), with the same result as projecting the map first.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class DLSA(nn.Module):
         self.num_classes = num_classes
         self.lspl, self.sd, self.sar = bool(lspl), bool(sd), bool(sar)
         self.d2 = d2
-        self.proj = nn.Conv2d(in_dim, d2, 1) if in_dim != d2 else None
+        self.proj = nn.Linear(in_dim, d2) if in_dim != d2 else None  # a 1x1 convolution
         if self.lspl or self.sd:
             emb, graph = require_semantics("dlsa", num_classes, label_embeddings, label_graph,
                                            need_graph=self.lspl)
@@ -96,14 +98,13 @@ class DLSA(nn.Module):
 
     def forward(self, features: Features) -> Output:
         fmap = features.map
-        if self.proj is not None:
-            fmap = self.proj(fmap)
         s = self.semantics()
         attn = None
         if self.align is not None:
-            v, attn = self.align(fmap, s)  # DLSA eq. 3
+            v, attn = self.align(fmap, s, self.proj)  # DLSA eq. 3
         else:
-            g = fmap.mean(dim=(2, 3))[:, None, :]  # (B, 1, d2)
+            g = fmap.mean(dim=(2, 3))
+            g = (self.proj(g) if self.proj is not None else g)[:, None, :]  # (B, 1, d2)
             v = g * s[None] if s is not None else g.expand(-1, self.num_classes, -1)
         if self.reason is not None:
             v = self.reason(v)  # DLSA eq. 4-6

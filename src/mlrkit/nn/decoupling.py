@@ -77,14 +77,31 @@ class SemanticAlignmentAttention(nn.Module):
         self.dim = dim
         self.scale = 1.0 / math.sqrt(dim) if scale else 1.0
 
-    def forward(self, fmap: torch.Tensor,
-                semantics: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``fmap`` (B, D, H, W), ``semantics`` (C, D) -> vectors (B, C, D), maps (B, C, H, W)."""
-        if semantics.shape[-1] != fmap.shape[1]:
-            raise ValueError(f"semantic alignment: class vectors have {semantics.shape[-1]} "
-                             f"dims, the feature map {fmap.shape[1]} channels")
-        a = torch.sigmoid(torch.einsum("cd,bdhw->bchw", semantics, fmap) * self.scale)
-        return attention_pool(fmap, a, normalize=True), a  # DLSA eq. 3
+    def forward(self, fmap: torch.Tensor, semantics: torch.Tensor,
+                proj: nn.Linear | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``fmap`` (B, D, H, W), ``semantics`` (C, D) -> vectors (B, C, D), maps (B, C, H, W).
+
+        With ``proj`` (a ``Linear(D_in, D)``) the map has ``D_in`` channels and is read as
+        ``proj(f_hw)``. The projection is linear, so it is moved to the cheaper side: onto the
+        C class vectors (``s_c . (P f + b) = (P^T s_c) . f + s_c . b`` and ``sum_hw a P f =
+        P sum_hw a f``) when C < H W, else onto the H W positions; both are exact.
+        """
+        hw = fmap.shape[2] * fmap.shape[3]
+        if proj is not None and semantics.shape[0] >= hw:
+            fmap = torch.einsum("ek,bkhw->behw", proj.weight, fmap) + proj.bias[:, None, None]
+            proj = None
+        if proj is None:
+            if semantics.shape[-1] != fmap.shape[1]:
+                raise ValueError(f"semantic alignment: class vectors have {semantics.shape[-1]}"
+                                 f" dims, the feature map {fmap.shape[1]} channels")
+            a = torch.sigmoid(torch.einsum("cd,bdhw->bchw", semantics, fmap) * self.scale)
+            return attention_pool(fmap, a, normalize=True), a  # DLSA eq. 3
+        s_in = semantics @ proj.weight  # (C, D_in): P^T s_c
+        logits = torch.einsum("ck,bkhw->bchw", s_in, fmap) + (semantics @ proj.bias)[:, None, None]
+        a = torch.sigmoid(logits * self.scale)
+        u = attention_pool(fmap, a, normalize=True)  # (B, C, D_in)
+        v = u @ proj.weight.T + a.mean(dim=(2, 3))[..., None] * proj.bias  # DLSA eq. 3
+        return v, a
 
 
 class ClassWiseLinear(nn.Module):
