@@ -79,6 +79,16 @@ def test_ap_equals_sklearn_random_and_tie_heavy(decimals, dtype):
     np.testing.assert_allclose(ours, sklearn_ap(s, t), rtol=0, atol=1e-12)
 
 
+def test_ap_large_input_threaded_blocks_equal_sklearn():
+    # above 2**20 entries the classes are split into blocks computed on threads
+    s, t = random_case(n=14000, c=80, seed=21, decimals=3, dtype=np.float32)
+    assert s.size >= 1 << 20
+    ours = average_precision(s, t).numpy()
+    np.testing.assert_allclose(ours, sklearn_ap(s, t), rtol=0, atol=1e-12)
+    rep = evaluate(s, t, ap_mode="voc11")
+    np.testing.assert_allclose(rep.per_class_ap, average_precision(s, t, "voc11").numpy())
+
+
 def test_ap_accepts_torch_and_numpy_alike():
     s, t = random_case(seed=1)
     a = average_precision(s, t)

@@ -19,7 +19,9 @@ Conventions shared by every function here:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -46,52 +48,61 @@ Empty = Literal["nan", "zero"]
 
 # VOC2007 11-point recall levels, computed as k * 0.1 in float64 exactly like the devkit's
 # ``np.arange(0., 1.1, 0.1)`` (so 0.30000000000000004, not 0.3).
-_VOC11_LEVELS = torch.arange(11, dtype=torch.float64) * 0.1
+# threads for large AP computations (blocks of classes)
+_WORKERS = max(1, min(4, os.cpu_count() or 1))
+
+_VOC11_LEVELS = np.arange(11, dtype=np.float64) * 0.1
 
 
 # ----------------------------------------------------------------------------- input checks
-def _as_scores(scores: Any, name: str = "scores") -> torch.Tensor:
-    s = torch.as_tensor(np.asarray(scores) if not isinstance(scores, torch.Tensor) else scores)
-    s = s.detach().cpu()
-    if s.dim() != 2:
+# Internally everything runs on numpy views of CPU data (zero-copy from torch): on CPU numpy's
+# sorts and reductions are several times faster than torch's for these shapes; the batched
+# binary search is torch's (``torch.searchsorted`` on ``from_numpy`` views, also zero-copy).
+def _to_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        return x.numpy()
+    return np.asarray(x)
+
+
+def _as_scores(scores: Any, name: str = "scores") -> np.ndarray:
+    s = _to_numpy(scores)
+    if s.ndim != 2:
         raise ValueError(f"{name}: expected shape (N, C), got {tuple(s.shape)}")
-    if s.numel() == 0:
+    if s.size == 0:
         raise ValueError(f"{name}: empty input of shape {tuple(s.shape)}; need at least one "
                          "image and one class")
-    if s.dtype == torch.bool or not (s.is_floating_point() or s.dtype in (
-            torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+    if s.dtype.kind not in "fiu":
         raise ValueError(f"{name}: expected real-valued scores, got dtype {s.dtype}")
-    if not s.is_floating_point():
-        s = s.to(torch.float64)
-    if s.dtype in (torch.float16, torch.bfloat16):
-        s = s.float()
-    # a finite float64 sum proves every value finite (NaN / inf propagate into it)
-    if not bool(torch.isfinite(s.sum(dtype=torch.float64))) and not bool(
-            torch.isfinite(s).all()):
-        finite = torch.isfinite(s)
-        r, c = (~finite).nonzero()[0].tolist()
-        raise ValueError(f"{name}: non-finite value {s[r, c].item()} at row {r}, column {c}; "
+    if s.dtype.kind in "iu":
+        s = s.astype(np.float64)
+    elif s.dtype == np.float16 or not s.flags.writeable:  # torch views need writable memory
+        s = s.astype(np.float32 if s.dtype == np.float16 else s.dtype)
+    finite = np.isfinite(s)
+    if not finite.all():
+        r, c = np.argwhere(~finite)[0].tolist()
+        raise ValueError(f"{name}: non-finite value {s[r, c]} at row {r}, column {c}; "
                          "scores must be finite (check the model output for NaN/inf)")
     return s
 
 
-def _check_pair(scores: Any, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_pair(scores: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
     s = _as_scores(scores)
-    t = targets if isinstance(targets, torch.Tensor) else torch.as_tensor(np.asarray(targets))
-    t = t.detach().cpu()
-    if t.dtype == torch.int8 and t.dim() == 2 and t.numel() > 0:
-        lo, hi = torch.aminmax(t)  # int8 in [-1, 1] is exactly {-1, 0, 1}: fast path
-        if int(lo) < -1 or int(hi) > 1:
-            t = validate_targets(t)
+    t = _to_numpy(targets)
+    if t.dtype == np.int8 and t.ndim == 2 and t.size > 0:
+        if int(t.min()) < -1 or int(t.max()) > 1:  # int8 in [-1, 1] is exactly {-1, 0, 1}
+            validate_targets(torch.from_numpy(t))
     else:
-        t = validate_targets(t)
+        t = validate_targets(torch.as_tensor(t)).numpy()
     if t.shape != s.shape:
         raise ValueError(f"scores have shape {tuple(s.shape)} but targets have shape "
                          f"{tuple(t.shape)}; both must be (N, C) for the same images and classes")
     return s, t
 
 
-def _check_probs(s: torch.Tensor) -> None:
+def _check_probs(s: np.ndarray) -> None:
     lo, hi = float(s.min()), float(s.max())
     if lo < 0.0 or hi > 1.0:
         raise ValueError(f"scores: values in [{lo:.4g}, {hi:.4g}] are not probabilities; pass "
@@ -104,7 +115,7 @@ def _check_threshold(threshold: float) -> None:
                          f"got {threshold}")
 
 
-def _predicted(s: torch.Tensor, threshold: float, scores_are: str) -> torch.Tensor:
+def _predicted(s: np.ndarray, threshold: float, scores_are: str) -> np.ndarray:
     """Boolean (N, C): score at or above the probability threshold."""
     _check_threshold(threshold)
     if scores_are == "probs":
@@ -117,49 +128,98 @@ def _predicted(s: torch.Tensor, threshold: float, scores_are: str) -> torch.Tens
 
 
 # ----------------------------------------------------------------------- average precision
-def _ap_sorted(s: torch.Tensor, t: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class AP (C,) and the number of positives (C,), vectorized over classes.
+def _transpose(a: np.ndarray) -> np.ndarray:
+    """(N, C) -> contiguous (C, N); torch's blocked transpose beats numpy's copy here."""
+    return torch.from_numpy(a).t().contiguous().numpy()
 
-    Only two sorts per column are needed: the positive scores and the negative scores (unknown
-    entries are in neither). At a positive with score v, every threshold statistic is a count:
-    ``TP(v) = #{positives >= v}``, ``FP(v) = #{negatives >= v}`` (``>=`` makes tied scores one
-    threshold, as in scikit-learn), found with a batched binary search.
+
+def _count(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Number of True entries along ``axis`` (int64)."""
+    return mask.view(np.uint8).sum(axis=axis, dtype=np.int64)
+
+
+def _searchsorted(rows: np.ndarray, values: np.ndarray, side: str) -> np.ndarray:
+    """Row-wise ``searchsorted`` (C, M) x (C, K) -> (C, K), one batched call."""
+    return torch.searchsorted(torch.from_numpy(rows), torch.from_numpy(values),
+                              side=side).numpy()
+
+
+def _ap_sorted(sc: np.ndarray, tc: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class AP (C,) and the number of positives (C,) from class-major (C, N) arrays.
+
+    Classes are independent, so large inputs are split into a few blocks of classes that run
+    on threads (numpy's sort and torch's search release the GIL); each block is vectorized.
     """
-    sc = s.t().contiguous()
-    tc = t.t().contiguous()
-    n = sc.shape[1]
+    c = sc.shape[0]
+    workers = min(_WORKERS, c) if sc.size >= 1 << 20 else 1
+    if workers == 1:
+        return _ap_block(sc, tc, mode)
+    bounds = np.linspace(0, c, workers + 1).astype(int)
+    with ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(lambda ab: _ap_block(sc[ab[0]:ab[1]], tc[ab[0]:ab[1]], mode),
+                              zip(bounds[:-1], bounds[1:])))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _ap_block(sc: np.ndarray, tc: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """AP for a (C, N) block of class rows.
+
+    Two sorts per row: the positive scores, and the known scores (unknown entries are removed).
+    At a positive with score v every threshold statistic is a count, ``TP(v) = #{positives
+    >= v}`` and ``TP(v) + FP(v) = #{known >= v}`` (``>=`` makes tied scores one threshold, as
+    in scikit-learn); the second comes from one batched binary search.
+    """
+    c, n = sc.shape
     pos = tc == 1
-    npos = pos.sum(1)
-    m = int(npos.max())
+    npos = _count(pos, axis=1)
+    m = int(npos.max()) if c else 0
     if m == 0:
-        return torch.zeros(sc.shape[0], dtype=torch.float64), npos
-    neg_inf = torch.tensor(-math.inf, dtype=sc.dtype)
-    # ascending sorts (numpy's sort is several times faster than torch.sort on CPU); the
-    # positives of every class end up in the last m columns, -inf padding in front of them
-    ps = np.sort(torch.where(pos, sc, neg_inf).numpy(), axis=1)[:, n - m:]
-    ps = torch.from_numpy(np.ascontiguousarray(ps))
-    ns = torch.from_numpy(np.sort(torch.where(tc == -1, sc, neg_inf).numpy(), axis=1))
-    real = torch.arange(m).unsqueeze(0) >= (m - npos).unsqueeze(1)  # (C, m): not padding
-    tp = (m - torch.searchsorted(ps, ps, side="left")).to(torch.float64)
-    fp = (n - torch.searchsorted(ns, ps, side="left")).to(torch.float64)
-    prec = torch.where(real, tp / (tp + fp), torch.zeros_like(tp))
-    npos_f = npos.clamp_min(1).to(torch.float64)
+        return np.zeros(c), npos
+    neg_inf = sc.dtype.type(-np.inf)
+    # positives of each row, gathered into a (C, m) array (-inf padding) and sorted ascending:
+    # the real ones end up in the last npos columns
+    offsets = np.cumsum(npos) - npos
+    within = np.arange(int(npos.sum())) - np.repeat(offsets, npos)
+    ps = np.full((c, m), neg_inf, dtype=sc.dtype)
+    ps[np.repeat(np.arange(c), npos), within] = sc[pos]
+    ps.sort(axis=1)
+    # known scores sorted ascending (unknown entries sent to -inf, below every real score)
+    known = sc if not (tc == 0).any() else np.where(tc != 0, sc, neg_inf)
+    ks = np.sort(known, axis=1)
+    real = np.arange(m)[None, :] >= (m - npos)[:, None]  # (C, m): not padding
+    # TP(v) = m - (first column holding v): the start of v's tie group, by a running max
+    starts = np.ones(ps.shape, dtype=bool)
+    starts[:, 1:] = ps[:, 1:] != ps[:, :-1]
+    first = np.maximum.accumulate(np.where(starts, np.arange(m), 0), axis=1)
+    tp = (m - first).astype(np.float64)
+    n_at = (n - _searchsorted(ks, ps, "left")).astype(np.float64)  # TP + FP at v
+    prec = np.where(real, tp / np.maximum(n_at, 1.0), 0.0)
+    npos_f = np.maximum(npos, 1).astype(np.float64)
     if mode == "sklearn":
         # AP = sum_k (R_k - R_{k-1}) P_k: each positive adds P at its threshold / #positives
         return prec.sum(1) / npos_f, npos
     # precision envelope: max precision at this or any lower threshold (higher recall);
     # lower scores sit at lower column indices, so it is a running max along the columns
-    envelope = torch.cummax(prec, dim=1).values
+    envelope = np.maximum.accumulate(prec, axis=1)
     if mode == "voc":
         # VOC devkit VOCap: sum over recall steps of (r_i - r_{i-1}) * envelope_i
-        return (envelope * real).sum(1) / npos_f, npos
+        return np.where(real, envelope, 0.0).sum(1) / npos_f, npos
     # VOC2007 11-point: mean over t of max_{R >= t} P; R is non-increasing along the columns
     # (padding gets R = inf), so the points with R >= t are a prefix of the row
-    recall = torch.where(real, tp / npos_f.unsqueeze(1), torch.full_like(tp, math.inf))
-    levels = _VOC11_LEVELS.unsqueeze(0).expand(recall.shape[0], -1).contiguous()
-    count = torch.searchsorted((-recall).contiguous(), -levels, side="right")
-    p_at = torch.gather(envelope, 1, (count - 1).clamp_min(0))
-    return torch.where(count > 0, p_at, torch.zeros_like(p_at)).sum(1) / 11.0, npos
+    recall = np.where(real, tp / npos_f[:, None], np.inf)
+    levels = np.tile(-_VOC11_LEVELS, (c, 1))
+    count = _searchsorted(np.ascontiguousarray(-recall), levels, "right")
+    p_at = np.take_along_axis(envelope, np.maximum(count - 1, 0), axis=1)
+    return np.where(count > 0, p_at, 0.0).sum(1) / 11.0, npos
+
+
+def _average_precision(s: np.ndarray, t: np.ndarray, mode: str, empty: str) -> np.ndarray:
+    if mode not in AP_MODES:
+        raise ValueError(f"unknown AP mode {mode!r}; choose one of {', '.join(AP_MODES)}")
+    if empty not in ("nan", "zero"):
+        raise ValueError(f"empty must be 'nan' or 'zero', got {empty!r}")
+    ap, npos = _ap_sorted(_transpose(s), _transpose(t), mode)
+    return np.where(npos > 0, ap, math.nan if empty == "nan" else 0.0)
 
 
 def average_precision(scores: Any, targets: Any, mode: APMode = "sklearn",
@@ -181,14 +241,8 @@ def average_precision(scores: Any, targets: Any, mode: APMode = "sklearn",
     Classes without a positive target are NaN (``empty="nan"``) or 0 (``empty="zero"``).
     Vectorized over classes: two sorts per column and a batched binary search, no loop over C.
     """
-    if mode not in AP_MODES:
-        raise ValueError(f"unknown AP mode {mode!r}; choose one of {', '.join(AP_MODES)}")
-    if empty not in ("nan", "zero"):
-        raise ValueError(f"empty must be 'nan' or 'zero', got {empty!r}")
     s, t = _check_pair(scores, targets)
-    ap, npos = _ap_sorted(s, t, mode)
-    fill = math.nan if empty == "nan" else 0.0
-    return torch.where(npos > 0, ap, torch.full_like(ap, fill))
+    return torch.from_numpy(_average_precision(s, t, mode, empty))
 
 
 def mean_average_precision(scores: Any, targets: Any, mode: APMode = "sklearn",
@@ -196,16 +250,16 @@ def mean_average_precision(scores: Any, targets: Any, mode: APMode = "sklearn",
     """mAP (fraction in [0, 1]): mean of :func:`average_precision` over the classes with at
     least one positive (``empty="nan"``), or over all classes with empty ones as 0
     (``empty="zero"``). Raises ``ValueError`` when no class has a positive."""
-    ap = average_precision(scores, targets, mode=mode, empty=empty)
-    return _mean_valid(ap, targets)
+    s, t = _check_pair(scores, targets)
+    return _mean_valid(_average_precision(s, t, mode, empty))
 
 
-def _mean_valid(ap: torch.Tensor, targets: Any) -> float:
-    t = targets if isinstance(targets, torch.Tensor) else torch.as_tensor(np.asarray(targets))
-    if not bool((t == 1).any()):
+def _mean_valid(ap: np.ndarray) -> float:
+    """Mean over the classes that have a positive; NaN marks the others (``empty="nan"``)."""
+    if np.isnan(ap).all():
         raise ValueError("mAP is undefined: no class has a positive target (1); check that the "
                          "targets use 1 for present labels")
-    return float(ap[~torch.isnan(ap)].mean())
+    return float(np.nanmean(ap))
 
 
 # ----------------------------------------------------------------------- threshold metrics
@@ -213,32 +267,32 @@ def _f1(p: float, r: float) -> float:
     return 0.0 if p + r == 0 else 2.0 * p * r / (p + r)
 
 
-def _prf_from_pred(pred: torch.Tensor, t: torch.Tensor) -> dict[str, float]:
-    known = t != 0
+def _prf_from_pred(pred: np.ndarray, t: np.ndarray, axis: int = 0) -> dict[str, float]:
+    """CP..OF1 from a boolean prediction matrix; ``axis`` is the image axis."""
     pos = t == 1
-    pred = pred & known
-    nc = (pred & pos).sum(0).to(torch.float64)  # correct predictions per class
-    np_ = pred.sum(0).to(torch.float64)  # predictions per class
-    ng = pos.sum(0).to(torch.float64)  # positives per class
+    pred = pred & (t != 0)
+    nc = _count(pred & pos, axis=axis).astype(np.float64)  # correct predictions per class
+    np_ = _count(pred, axis=axis).astype(np.float64)  # predictions per class
+    ng = _count(pos, axis=axis).astype(np.float64)  # positives per class
     valid = ng > 0
-    if not bool(valid.any()):
+    if not valid.any():
         raise ValueError("CP/CR are undefined: no class has a positive target (1)")
     # ML-GCN: a class with no prediction has precision Nc / 1 = 0
-    cp = float((nc / np_.clamp_min(1.0))[valid].mean())
-    cr = float((nc / ng.clamp_min(1.0))[valid].mean())
+    cp = float((nc / np.maximum(np_, 1.0))[valid].mean())
+    cr = float((nc / np.maximum(ng, 1.0))[valid].mean())
     tot_p = float(np_.sum())
     op = float(nc.sum()) / tot_p if tot_p > 0 else 0.0
     or_ = float(nc.sum()) / float(ng.sum())
     return {"CP": cp, "CR": cr, "CF1": _f1(cp, cr), "OP": op, "OR": or_, "OF1": _f1(op, or_)}
 
 
-def _topk_mask(s: torch.Tensor, k: int) -> torch.Tensor:
+def _topk_mask(s: np.ndarray, k: int) -> np.ndarray:
     if not 1 <= int(k) <= s.shape[1]:
         raise ValueError(f"top-k: k must be between 1 and the number of classes ({s.shape[1]}), "
                          f"got {k}")
-    idx = torch.topk(s, int(k), dim=1).indices
-    mask = torch.zeros_like(s, dtype=torch.bool)
-    mask.scatter_(1, idx, True)
+    idx = torch.topk(torch.from_numpy(s), int(k), dim=1).indices.numpy()
+    mask = np.zeros(s.shape, dtype=bool)
+    np.put_along_axis(mask, idx, True, axis=1)
     return mask
 
 
@@ -348,16 +402,22 @@ def evaluate(scores: Any, targets: Any, threshold: float = 0.5, top_k: int | Non
     (k highest scores of each image that also pass ``threshold``).
     """
     s, t = _check_pair(scores, targets)
-    pred = _predicted(s, threshold, scores_are)
-    ap = average_precision(s, t, mode=ap_mode, empty=empty)
-    summary = {"mAP": _mean_valid(ap, t)}
-    summary.update(_prf_from_pred(pred, t))
+    if ap_mode not in AP_MODES:
+        raise ValueError(f"unknown AP mode {ap_mode!r}; choose one of {', '.join(AP_MODES)}")
+    if empty not in ("nan", "zero"):
+        raise ValueError(f"empty must be 'nan' or 'zero', got {empty!r}")
+    sc, tc = _transpose(s), _transpose(t)  # class-major (C, N) once for AP and counts
+    pred_c = _predicted(sc, threshold, scores_are)
+    ap, npos_c = _ap_sorted(sc, tc, ap_mode)
+    ap = np.where(npos_c > 0, ap, math.nan if empty == "nan" else 0.0)
+    summary = {"mAP": _mean_valid(ap)}
+    summary.update(_prf_from_pred(pred_c, tc, axis=1))
     if top_k is not None:
-        topk = _prf_from_pred(pred & _topk_mask(s, top_k), t)
+        topk = _prf_from_pred(_predicted(s, threshold, scores_are) & _topk_mask(s, top_k), t)
         summary.update({f"{k}_top{int(top_k)}": v for k, v in topk.items()})
-    npos = int(((t == 1).sum(0) > 0).sum())
+    npos = int(np.count_nonzero(npos_c))
     return EvaluationReport(
-        summary=summary, per_class_ap=ap.numpy(), ap_mode=ap_mode, threshold=float(threshold),
+        summary=summary, per_class_ap=ap, ap_mode=ap_mode, threshold=float(threshold),
         top_k=None if top_k is None else int(top_k), scores_are=scores_are,
         empty_classes=empty, num_images=int(s.shape[0]), num_classes=int(s.shape[1]),
         num_classes_with_positives=npos,
@@ -376,9 +436,9 @@ def topk_prf(scores: Any, targets: Any, k: int) -> tuple[float, float, float]:
     """
     s, t = _check_pair(scores, targets)
     pred = _topk_mask(s, k) & (t != 0)
-    tp = float((pred & (t == 1)).sum())
-    npred = float(pred.sum())
-    npos = float((t == 1).sum())
+    tp = float(np.count_nonzero(pred & (t == 1)))
+    npred = float(np.count_nonzero(pred))
+    npos = float(np.count_nonzero(t == 1))
     if npos == 0:
         raise ValueError("top-k recall is undefined: no positive target (1) in the input")
     p = tp / npred if npred > 0 else 0.0
@@ -426,19 +486,20 @@ def zero_shot_metrics(scores: Any, targets: Any, unseen: Any, ks: Sequence[int] 
     leaves such classes out instead. Values are fractions in [0, 1].
     """
     s, t = _check_pair(scores, targets)
-    m = torch.as_tensor(np.asarray(unseen) if not isinstance(unseen, torch.Tensor) else unseen)
-    if m.dtype != torch.bool:
+    m = _to_numpy(unseen)
+    if m.dtype != np.bool_:
         raise ValueError(f"unseen: expected a boolean mask of length {s.shape[1]}, got dtype "
                          f"{m.dtype}")
     if m.shape != (s.shape[1],):
         raise ValueError(f"unseen: mask has shape {tuple(m.shape)}, scores have "
                          f"{s.shape[1]} classes")
-    if not bool(m.any()):
+    if not m.any():
         raise ValueError("unseen: the mask selects no class; ZSL needs at least one unseen label")
 
-    def block(sc: torch.Tensor, tg: torch.Tensor) -> dict[str, float]:
-        ap = average_precision(sc, tg, mode=ap_mode, empty=empty)
-        out = {"mAP": _mean_valid(ap, tg)}
+    def block(sc: np.ndarray, tg: np.ndarray) -> dict[str, float]:
+        if not (tg == 1).any():
+            raise ValueError("zero-shot metrics: no positive target (1) among these labels")
+        out = {"mAP": float(np.nanmean(_average_precision(sc, tg, ap_mode, empty)))}
         for k in ks:
             p, r, f = topk_prf(sc, tg, int(k))
             out.update({f"P@{k}": p, f"R@{k}": r, f"F1@{k}": f})
@@ -446,4 +507,4 @@ def zero_shot_metrics(scores: Any, targets: Any, unseen: Any, ks: Sequence[int] 
 
     return ZeroShotReport(zsl=block(s[:, m], t[:, m]), gzsl=block(s, t),
                           ks=tuple(int(k) for k in ks), ap_mode=ap_mode, empty_classes=empty,
-                          num_unseen=int(m.sum()), num_classes=int(s.shape[1]))
+                          num_unseen=int(np.count_nonzero(m)), num_classes=int(s.shape[1]))
