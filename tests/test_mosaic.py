@@ -233,6 +233,15 @@ def test_splits_use_their_own_photos(raw):
     assert not torch.equal(tr.targets, te.targets)
 
 
+def test_label_protocol_keeps_the_images(raw):
+    ds = load_dataset("fashion_mosaic", num_images=8, image_size=64)
+    hidden = ds.with_targets(torch.zeros_like(ds.targets))  # every label unknown
+    for i in range(8):
+        assert np.array_equal(np.asarray(hidden[i][0]), np.asarray(ds[i][0]))
+        assert hidden.layout(i) == ds.layout(i)
+    assert not hidden.targets.any()
+
+
 def test_fast(raw):
     t = time.perf_counter()
     ds = load_dataset("fashion_mosaic", split="train", num_images=5000)

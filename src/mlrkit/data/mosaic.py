@@ -200,6 +200,8 @@ class FashionMosaic(MultiLabelDataset):
                  item_scale: tuple[float, float], seed: int, split: str,
                  info: dict[str, Any]) -> None:
         super().__init__(None, targets, LabelSpace(FASHION_CLASSES), ids=ids, info=info)
+        # what is drawn; kept apart from .targets, which a label protocol may hide or drop
+        self.present = targets.numpy() == 1
         self.photos = photos
         self.grid = grid
         self.image_size = image_size
@@ -222,7 +224,7 @@ class FashionMosaic(MultiLabelDataset):
         if not 0 <= i < len(self):
             raise IndexError(f"fashion_mosaic: index {i} out of range 0..{len(self) - 1}")
         rng = np.random.default_rng([self.seed, _SPLIT_CODE[self.split], 1, i])
-        classes = np.flatnonzero(self.targets[i].numpy() == 1)
+        classes = np.flatnonzero(self.present[i])
         cells = rng.permutation(self.grid * self.grid)[: len(classes)]
         u = rng.random((len(classes), 4))
         items = []
