@@ -270,7 +270,9 @@ def _f1(p: float, r: float) -> float:
 def _prf_from_pred(pred: np.ndarray, t: np.ndarray, axis: int = 0) -> dict[str, float]:
     """CP..OF1 from a boolean prediction matrix; ``axis`` is the image axis."""
     pos = t == 1
-    pred = pred & (t != 0)
+    unknown = t == 0
+    if unknown.any():  # a prediction on an unknown entry counts nowhere: drop it
+        pred = pred & ~unknown
     nc = _count(pred & pos, axis=axis).astype(np.float64)  # correct predictions per class
     np_ = _count(pred, axis=axis).astype(np.float64)  # predictions per class
     ng = _count(pos, axis=axis).astype(np.float64)  # positives per class
