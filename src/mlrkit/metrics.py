@@ -50,6 +50,7 @@ Empty = Literal["nan", "zero"]
 # ``np.arange(0., 1.1, 0.1)`` (so 0.30000000000000004, not 0.3).
 # threads for large AP computations (blocks of classes)
 _WORKERS = max(1, min(4, os.cpu_count() or 1))
+_BLOCK = 8  # classes per block
 
 _VOC11_LEVELS = np.arange(11, dtype=np.float64) * 0.1
 
@@ -147,18 +148,22 @@ def _searchsorted(rows: np.ndarray, values: np.ndarray, side: str) -> np.ndarray
 def _ap_sorted(sc: np.ndarray, tc: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-class AP (C,) and the number of positives (C,) from class-major (C, N) arrays.
 
-    Classes are independent, so large inputs are split into a few blocks of classes that run
-    on threads (numpy's sort and torch's search release the GIL); each block is vectorized.
+    Classes are independent. Large inputs are cut into blocks of ``_BLOCK`` classes with
+    similar positive counts (so the padded (classes, max positives) arrays stay small when one
+    class, like COCO's "person", has far more positives than the rest), and the blocks run on
+    threads (numpy's sort and torch's search release the GIL). Each block is vectorized.
     """
     c = sc.shape[0]
-    workers = min(_WORKERS, c) if sc.size >= 1 << 20 else 1
-    if workers == 1:
+    if sc.size < 1 << 20 or c <= _BLOCK:
         return _ap_block(sc, tc, mode)
-    bounds = np.linspace(0, c, workers + 1).astype(int)
-    with ThreadPoolExecutor(workers) as pool:
-        parts = list(pool.map(lambda ab: _ap_block(sc[ab[0]:ab[1]], tc[ab[0]:ab[1]], mode),
-                              zip(bounds[:-1], bounds[1:])))
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    npos = _count(tc == 1, axis=1)
+    order = np.argsort(npos, kind="stable")
+    blocks = np.array_split(order, -(-c // _BLOCK))
+    with ThreadPoolExecutor(min(_WORKERS, len(blocks))) as pool:
+        parts = list(pool.map(lambda idx: _ap_block(sc[idx], tc[idx], mode), blocks))
+    ap = np.empty(c)
+    ap[order] = np.concatenate([p[0] for p in parts])
+    return ap, npos
 
 
 def _ap_block(sc: np.ndarray, tc: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
