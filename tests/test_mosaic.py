@@ -242,6 +242,16 @@ def test_label_protocol_keeps_the_images(raw):
     assert not hidden.targets.any()
 
 
+def test_pickle_without_photos(raw):
+    import pickle
+
+    ds = load_dataset("fashion_mosaic", split="test", num_images=20, image_size=64)
+    blob = pickle.dumps(ds)
+    assert len(blob) < 100_000  # not the 7.8 MB of photos
+    back = pickle.loads(blob)
+    assert np.array_equal(np.asarray(back[3][0]), np.asarray(ds[3][0]))
+
+
 def test_fast(raw):
     t = time.perf_counter()
     ds = load_dataset("fashion_mosaic", split="train", num_images=5000)

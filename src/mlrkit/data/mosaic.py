@@ -214,6 +214,16 @@ class FashionMosaic(MultiLabelDataset):
         edges = np.linspace(0, image_size, grid + 1).round().astype(int)
         self.cell_edges = edges
 
+    def __getstate__(self) -> dict[str, Any]:  # spawned workers reload the photos
+        state = dict(self.__dict__)
+        state["photos"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.photos is None:
+            self.photos = load_fashion_mnist(self.info["root"], self.split)[0]
+
     def cell_box(self, cell: int) -> tuple[int, int, int, int]:
         r, c = divmod(cell, self.grid)
         e = self.cell_edges
