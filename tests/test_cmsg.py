@@ -369,8 +369,17 @@ def _mosaic_features(n: int, num_classes: int = 5, dim: int = 16, size: int = 6,
     return maps, y
 
 
+@pytest.fixture
+def one_thread():
+    """Small-op training loops run faster single-threaded, and steadily on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.mark.parametrize("variant", [{}, {"sga": False}, {"saa": False}, {"correlation": False}])
-def test_each_ablation_variant_learns(variant):
+def test_each_ablation_variant_learns(variant, one_thread):
     torch.manual_seed(11)
     maps, y = _mosaic_features(64)
     emb = torch.randn(5, 12)

@@ -159,7 +159,7 @@ class CMSG(nn.Module):
 
         bias = None
         if self.use_correlation:
-            bias = correlation_bias(self.correlation, self.correlation_mode)
+            bias = correlation_bias(self.correlation, self.correlation_mode, validate=False)
         for layer in self.sga_layers:
             hc, _ = layer(hc, attn_mask=bias)
 

@@ -55,26 +55,29 @@ def sine_position_encoding(height: int, width: int, dim: int, temperature: float
     return pos.reshape(height * width, dim).to(dtype)
 
 
-def correlation_bias(A: torch.Tensor, mode: str = "weight") -> torch.Tensor:
+def correlation_bias(A: torch.Tensor, mode: str = "weight", validate: bool = True) -> torch.Tensor:
     """Additive attention bias ``(C, C)`` from a label correlation matrix ``A``.
 
     A pair ``(i, j)`` is correlated when ``A_ij > 0``; uncorrelated pairs get ``-inf`` (no
     attention, the mask of masked multi-head attention). ``mode="mask"`` adds ``0`` to
     correlated pairs (binary mask); ``mode="weight"`` adds ``log A_ij``, so that
     ``softmax(s + log A)_ij = A_ij exp(s_ij) / sum_k A_ik exp(s_ik)``: the correlation
-    weights multiply the unnormalized attention.
+    weights multiply the unnormalized attention. ``validate=False`` skips the checks (and their
+    device synchronization) for a matrix already validated.
     """
     if mode not in ("mask", "weight"):
         raise ValueError(f"correlation_bias: mode must be 'mask' or 'weight', got {mode!r}")
-    if A.dim() != 2 or A.shape[0] != A.shape[1]:
-        raise ValueError(f"correlation matrix: expected (C, C), got {tuple(A.shape)}")
-    if not bool(torch.isfinite(A).all()):
-        raise ValueError("correlation matrix: contains NaN or inf")
     edge = A > 0
-    empty = (~edge.any(1)).nonzero().flatten().tolist()
-    if empty:
-        raise ValueError(f"correlation matrix: rows {empty[:10]} have no positive entry, so those "
-                         "classes could attend to nothing; add self-loops (a positive diagonal)")
+    if validate:
+        if A.dim() != 2 or A.shape[0] != A.shape[1]:
+            raise ValueError(f"correlation matrix: expected (C, C), got {tuple(A.shape)}")
+        if not bool(torch.isfinite(A).all()):
+            raise ValueError("correlation matrix: contains NaN or inf")
+        empty = (~edge.any(1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"correlation matrix: rows {empty[:10]} have no positive entry, so "
+                             "those classes could attend to nothing; add self-loops (a positive "
+                             "diagonal)")
     neg_inf = torch.full_like(A, float("-inf"))
     if mode == "mask":
         return torch.where(edge, torch.zeros_like(A), neg_inf)
