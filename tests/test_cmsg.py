@@ -440,3 +440,38 @@ def test_configs_parse_and_build_heads():
         head = CMSG(8, 4, label_embeddings=torch.randn(4, 6), **{
             **cfg.model.options, "hidden_dim": 8, "heads": 2})
         assert head.num_classes == 4
+
+
+def test_trains_through_engine_and_reloads(tmp_path, one_thread):
+    """config -> engine training (cached frozen features, ASL) -> checkpoint -> same scores."""
+    import yaml
+
+    from conftest import make_color_images
+    from mlrkit.config import load_config
+    from mlrkit.engine.evaluation import evaluate_checkpoint
+    from mlrkit.engine.trainer import train
+
+    train_list = make_color_images(tmp_path / "imgs", 48, size=64)
+    val_list = make_color_images(tmp_path / "val", 16, size=64, seed=1)
+    names = str(tmp_path / "imgs" / "names.txt")
+    base = yaml.safe_load((REPO / "configs" / "cmsg_mosaic_effl0.yaml").read_text())
+    base.update({
+        "output_dir": str(tmp_path / "runs"), "name": "cmsg",
+        "data": {"train": {"name": "list", "labels_file": str(train_list), "names": names},
+                 "val": {"name": "list", "labels_file": str(val_list), "names": names},
+                 "image_size": 64, "batch_size": 16, "num_workers": 0, "cache": True,
+                 "cache_dir": str(tmp_path / "cache")},
+    })
+    base["model"].update({"pretrained": False})
+    base["model"]["options"].update({"hidden_dim": 32, "tau": 0.0})
+    base["train"].update({"epochs": 2, "progress": False})
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(base))
+    trainer = train(load_config(path))
+    head = trainer.model.head
+    assert isinstance(head, CMSG) and head.correlation.shape == (3, 3)
+    assert head.label_embeddings.shape == (3, 50)  # glove50 vectors of red / green / blue
+    run = tmp_path / "runs" / "cmsg"
+    report, got_names = evaluate_checkpoint(run / "last.safetensors")
+    assert got_names == ["red", "green", "blue"]
+    assert report.to_dict()["mAP"] == pytest.approx(trainer.report.to_dict()["mAP"], abs=1e-4)
