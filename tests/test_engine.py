@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import make_color_images
 from safetensors.torch import load_file
 
+from conftest import make_color_images
 from mlrkit.config import load_config
 from mlrkit.engine.optim import build_optimizer, build_scheduler
 
@@ -223,3 +223,23 @@ def test_checkpoint_is_atomic_on_failure(tmp_path, monkeypatch):
         ck.save_checkpoint(tmp_path / "best", m, {"version": "x"})
     assert (tmp_path / "best.safetensors").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_em_apl_pseudo_labels_driven_by_the_trainer(tmp_path):
+    """The trainer feeds EM-APL every epoch's training predictions: after epoch 1 (its
+    warm-up) each class gets floor(0.9 U_c / (num_epochs - warmup)) pseudo-negatives."""
+    from mlrkit.engine.trainer import train
+
+    cfg = load_config(_config(tmp_path, **{
+        "train.epochs": 2, "train.ema": 0.0, "model.freeze_backbone": True,
+        "model.options": {}, "data.cache": True, "data.protocol": "single_positive",
+        "loss": {"name": "em_apl", "options": {"warmup_epochs": 1, "num_epochs": 3}}}))
+    trainer = train(cfg)
+    t = trainer.train_targets
+    unobserved = (t == 0).sum(0)
+    quota = torch.floor(0.9 * unobserved.double() / 2).long()
+    chosen = trainer.loss_fn.pseudo_mask
+    assert chosen is not None
+    # epochs 1 and 2 both select (epoch >= warmup), never an observed entry
+    torch.testing.assert_close(chosen.sum(0), torch.minimum(2 * quota, unobserved))
+    assert not bool((chosen & (t != 0)).any())

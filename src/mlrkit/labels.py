@@ -73,7 +73,7 @@ class LabelSpace:
 
 def validate_targets(targets: torch.Tensor, num_classes: int | None = None,
                      name: str = "targets") -> torch.Tensor:
-    """Check the target convention and return ``targets`` as int8; raise ``ValueError`` otherwise."""
+    """Check the target convention; return ``targets`` as int8, else raise ``ValueError``."""
     t = torch.as_tensor(targets)
     if t.dim() != 2:
         raise ValueError(f"{name}: expected shape (N, C), got {tuple(t.shape)}")

@@ -1,4 +1,4 @@
-"""The data that flows between rooms: backbone ``Features``, method ``Output``, label ``Semantics``."""
+"""What flows between rooms: backbone ``Features``, method ``Output``, label ``Semantics``."""
 
 from __future__ import annotations
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..config import ConfigError, config_from_dict, deep_merge, parse_overrides
 from ..metrics import evaluate as evaluate_scores
 from ..predict import load_model
@@ -42,7 +40,7 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str] | None = No
     loader, _ = builders.make_loader(val_in, bs, False, info, cfg.seed, cfg.data.num_workers)
     logits = predict_logits(model, loader, device, cfg.train.amp, cfg.data.cache, info,
                             len(val_in), progress=cfg.train.progress)
-    report = evaluate_scores(torch.sigmoid(logits), val.targets,
+    report = evaluate_scores(logits, val.targets, scores_are="logits",
                              threshold=cfg.eval.threshold, top_k=cfg.eval.top_k or None,
                              ap_mode=cfg.eval.ap_mode)
     return report, names

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import inspect
 import io
 import json
 import math
@@ -23,8 +24,13 @@ from ..io import atomic_write_text
 from ..losses import create_loss
 from ..metrics import evaluate as evaluate_scores
 from . import builders
-from .checkpoint import (load_train_state, rng_state, save_checkpoint, save_train_state,
-                         set_rng_state)
+from .checkpoint import (
+    load_train_state,
+    rng_state,
+    save_checkpoint,
+    save_train_state,
+    set_rng_state,
+)
 from .distributed import DistInfo, cleanup_distributed, gather_predictions, init_distributed
 from .ema import ModelEMA
 from .optim import build_optimizer, build_scheduler
@@ -112,6 +118,12 @@ class Trainer:
                                             if self.device.type == "cuda" else None)
                     if self.info.enabled else model)
         self.loss_fn = create_loss(cfg.loss.name, **cfg.loss.options)
+        # losses with state across epochs (EM-APL pseudo-labels) see dataset rows and the
+        # epoch's predictions on the whole training set
+        self.loss_takes_index = "index" in inspect.signature(self.loss_fn.forward).parameters
+        self.loss_tracks_epochs = hasattr(self.loss_fn, "update_pseudo_labels")
+        self.train_targets = train_ds.targets
+        self.n_train = len(train_in)
         self.opt = build_optimizer(model, cfg.optim)
         self.sched = build_scheduler(self.opt, cfg.sched, cfg.train.epochs,
                                      len(self.train_loader))
@@ -131,6 +143,7 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None, "epoch": self.epoch,
+            "loss": self.loss_fn.state_dict(),
             "best": self.best, "bad_epochs": self.bad_epochs, "rng": rng_state(),
             "history": json.dumps(self.history), "config": json.dumps(self.cfg.to_dict()),
         }
@@ -143,6 +156,7 @@ class Trainer:
         self.scaler.load_state_dict(st["scaler"])
         if self.ema is not None and st["ema"] is not None:
             self.ema.load_state_dict(st["ema"])
+        self.loss_fn.load_state_dict(st["loss"])
         self.epoch, self.best, self.bad_epochs = st["epoch"], st["best"], st["bad_epochs"]
         self.history = json.loads(st["history"])
         set_rng_state(st["rng"])
@@ -162,13 +176,18 @@ class Trainer:
         self.ddp.train()
         self.train_sampler.set_epoch(self.epoch)
         total, count = 0.0, 0
+        seen_idx, seen_probs = [], []
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}",
                    leave=False, disable=not self.progress)
-        for x, y, _ in bar:
+        for x, y, idx in bar:
             x, y = x.to(dev), y.to(dev)
             with autocast(dev, cfg.train.amp):
                 out = self.ddp(builders.as_model_input(x, self.cached))
-            loss = self.loss_fn(out.logits.float(), y)
+            extra = {"index": idx} if self.loss_takes_index else {}
+            loss = self.loss_fn(out.logits.float(), y, **extra)
+            if self.loss_tracks_epochs:
+                seen_idx.append(idx)
+                seen_probs.append(torch.sigmoid(out.logits.detach().float()).cpu())
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"epoch {self.epoch + 1}: the loss became {loss.item()}"
                                          "; lower optim.lr or enable train.grad_clip")
@@ -185,13 +204,17 @@ class Trainer:
             total += loss.item() * len(y)
             count += len(y)
             bar.set_postfix(loss=f"{total / count:.4f}")
+        if self.loss_tracks_epochs:
+            probs = gather_predictions(torch.cat(seen_idx), torch.cat(seen_probs), self.info,
+                                       self.n_train)
+            self.loss_fn.update_pseudo_labels(probs, self.train_targets, epoch=self.epoch + 1)
         return total / max(count, 1)
 
     def validate(self) -> tuple[dict[str, Any], Any]:
         model = self.ema.module if self.ema is not None else self.model
         logits = predict_logits(model, self.val_loader, self.device, self.cfg.train.amp,
                                 self.cached, self.info, self.n_val, progress=self.progress)
-        report = evaluate_scores(torch.sigmoid(logits), self.val_targets,
+        report = evaluate_scores(logits, self.val_targets, scores_are="logits",
                                  threshold=self.cfg.eval.threshold,
                                  top_k=self.cfg.eval.top_k or None,
                                  ap_mode=self.cfg.eval.ap_mode)
