@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # small ops: a 2nd thread costs more than it gives
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MLRKIT_DATA", REPO.parent / "shared" / "data"))
