@@ -50,11 +50,12 @@ def test_gcn_eq2_explicit() -> None:
     torch.testing.assert_close(out, e2)
 
 
-def test_semantic_decoupling_eq3_explicit() -> None:
+@pytest.mark.parametrize("scale", [False, True])
+def test_semantic_decoupling_eq3_explicit(scale: bool) -> None:
     torch.manual_seed(1)
     fmap = torch.randn(2, D, H, W)
-    sem = torch.randn(C, D)
-    v, a = SemanticAlignmentAttention(D)(fmap, sem)
+    sem = torch.randn(C, D) * 0.5
+    v, a = SemanticAlignmentAttention(D, scale=scale)(fmap, sem)
     assert v.shape == (2, C, D) and a.shape == (2, C, H, W)
     for b in range(2):
         for c in range(C):
@@ -62,7 +63,7 @@ def test_semantic_decoupling_eq3_explicit() -> None:
             for y in range(H):
                 for x in range(W):
                     s = sum(float(sem[c, k] * fmap[b, k, y, x]) for k in range(D))
-                    att = 1 / (1 + math.exp(-s / math.sqrt(D)))
+                    att = 1 / (1 + math.exp(-s / (math.sqrt(D) if scale else 1.0)))
                     assert a[b, c, y, x].item() == pytest.approx(att, rel=1e-5)
                     acc += att * fmap[b, :, y, x]
             torch.testing.assert_close(v[b, c], acc / (H * W))
@@ -131,8 +132,12 @@ def test_ablation_fallbacks() -> None:
     torch.testing.assert_close(out.logits, ref)
     lspl = DLSA(D, C, emb, A, lspl=True, sd=False, sar=False, d1=5, d2=D)
     e2 = lspl.gcn(emb, A)
-    ref = torch.einsum("bd,cd,cd->bc", g, e2, lspl.classifier.weight) + lspl.classifier.bias
+    ref = torch.einsum("bd,cd,cd->bc", g, 1 + e2, lspl.classifier.weight) + lspl.classifier.bias
     torch.testing.assert_close(lspl(Features(map=fmap)).logits, ref)
+    prod = DLSA(D, C, emb, A, lspl=True, sd=False, sar=False, d1=5, d2=D, modulation="product")
+    e2 = prod.gcn(emb, A)
+    ref = torch.einsum("bd,cd,cd->bc", g, e2, prod.classifier.weight) + prod.classifier.bias
+    torch.testing.assert_close(prod(Features(map=fmap)).logits, ref)
     sd_only = DLSA(D, C, emb, None, lspl=False, sd=True, sar=False, d2=D)
     v, _ = SemanticAlignmentAttention(D)(fmap, sd_only.embed(emb))
     torch.testing.assert_close(sd_only(Features(map=fmap)).logits, sd_only.classifier(v))
@@ -153,7 +158,7 @@ def test_projection_when_backbone_dim_differs(num_classes: int) -> None:
     torch.testing.assert_close(out.attention, a, atol=1e-6, rtol=1e-5)
     no_sd = DLSA(10, num_classes, emb, A, sd=False, sar=False, d1=5, d2=D)
     g = proj_of(no_sd, fmap).mean(dim=(2, 3))
-    ref = torch.einsum("bd,cd,cd->bc", g, no_sd.gcn(emb, A), no_sd.classifier.weight)
+    ref = torch.einsum("bd,cd,cd->bc", g, 1 + no_sd.gcn(emb, A), no_sd.classifier.weight)
     torch.testing.assert_close(no_sd(Features(map=fmap)).logits, ref + no_sd.classifier.bias,
                                atol=1e-5, rtol=1e-4)
 
@@ -215,6 +220,8 @@ def test_bad_inputs() -> None:
         DLSA(D, C, emb, None, d2=D)
     with pytest.raises(ValueError, match="needs label_embeddings"):
         DLSA(D, C, None, A, d2=D)
+    with pytest.raises(ValueError, match="modulation must be"):
+        DLSA(D, C, emb, A, d2=D, modulation="sum")
     with pytest.raises(ValueError, match="not divisible by heads"):
         DLSA(D, C, emb, A, d2=D, heads=3)
     DLSA(D, C, emb, None, lspl=False, sd=True, d2=D)  # SD alone needs no graph

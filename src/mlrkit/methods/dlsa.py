@@ -4,9 +4,10 @@ output) and self-attention reasoning (SAR, multi-head self-attention across the 
 vectors), each switchable for the ablation.
 
 Without LSPL the class semantic vectors are a linear map of the label embeddings; without
-SD the class vectors are the global average-pooled feature, multiplied element-wise by the
-class semantic vector when LSPL is on (an ML-GCN-like modulation) and shared by all classes
-otherwise (then, without SAR, the head is the plain baseline with a per-class classifier).
+SD the class vectors are the global average-pooled feature ``g``, modulated per class by the
+LSPL output when LSPL is on (``g * (1 + E^2_c)``, or ``g * E^2_c`` with
+``modulation="product"``) and shared by all classes otherwise (then, without SAR, the head
+is the plain baseline with a per-class classifier).
 When the backbone's channels differ from ``d2`` a learned linear map (a 1x1 convolution)
 projects the features to ``d2``; it is applied where it is cheapest (see
 ``SemanticAlignmentAttention``), with the same result as projecting the map first.
@@ -60,7 +61,8 @@ class DLSA(nn.Module):
     """DLSA head with module switches ``lspl``, ``sd``, ``sar``.
 
     LSPL: ``E^2 = A LeakyReLU(A E^0 W^1) W^2`` with ``d1``, ``d2`` (eq. 2);
-    SD: ``a_c = sigmoid(E^2_c . F / sqrt(d2))``, ``v_c = mean_hw a_c F`` (eq. 3);
+    SD: ``a_c = sigmoid(E^2_c . F)`` (``/ sqrt(d2)`` with ``align_scale``),
+    ``v_c = mean_hw a_c F`` (eq. 3);
     SAR: ``heads``-head self-attention + residual + 2 FC layers (eq. 4-6);
     classifier ``y_c = w_c . v_c + b_c`` (eq. 7).
     """
@@ -69,7 +71,8 @@ class DLSA(nn.Module):
                  label_graph: torch.Tensor | None = None, lspl: bool = True, sd: bool = True,
                  sar: bool = True, d1: int = 1024, d2: int = 2048, heads: int = 4,
                  ffn_dim: int | None = None, dropout: float = 0.0,
-                 negative_slope: float = 0.2) -> None:
+                 negative_slope: float = 0.2, align_scale: bool = False,
+                 modulation: str = "residual") -> None:
         super().__init__()
         self.num_classes = num_classes
         self.lspl, self.sd, self.sar = bool(lspl), bool(sd), bool(sar)
@@ -84,7 +87,11 @@ class DLSA(nn.Module):
                 self.gcn = GCN([emb.shape[1], d1, d2], negative_slope=negative_slope)
             else:
                 self.embed = nn.Linear(emb.shape[1], d2)
-        self.align = SemanticAlignmentAttention(d2) if self.sd else None
+        if modulation not in ("residual", "product"):
+            raise ValueError(f"dlsa: modulation must be 'residual' or 'product', "
+                             f"got {modulation!r}")
+        self.modulation = modulation
+        self.align = SemanticAlignmentAttention(d2, align_scale) if self.sd else None
         self.reason = SelfAttentionReasoning(d2, heads, ffn_dim, dropout) if self.sar else None
         self.classifier = ClassWiseLinear(num_classes, d2)
 
@@ -105,7 +112,12 @@ class DLSA(nn.Module):
         else:
             g = fmap.mean(dim=(2, 3))
             g = (self.proj(g) if self.proj is not None else g)[:, None, :]  # (B, 1, d2)
-            v = g * s[None] if s is not None else g.expand(-1, self.num_classes, -1)
+            if s is None:
+                v = g.expand(-1, self.num_classes, -1)
+            elif self.modulation == "residual":
+                v = g * (1 + s[None])  # starts as the pooled feature, E^2 modulates it
+            else:
+                v = g * s[None]
         if self.reason is not None:
             v = self.reason(v)  # DLSA eq. 4-6
         return Output(logits=self.classifier(v), attention=attn)  # DLSA eq. 7

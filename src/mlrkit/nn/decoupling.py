@@ -66,13 +66,13 @@ class LowRankBilinearAttention(nn.Module):
 class SemanticAlignmentAttention(nn.Module):
     """DLSA semantic decoupling (eq. 3).
 
-    ``a_{c,hw} = sigmoid(s_c . f_hw / sqrt(D))`` aligns each position of the feature map with
-    the class semantic vector ``s_c`` (the LSPL output ``E^2``); the class vector is the
-    attention-weighted mean ``v_c = 1/(HW) sum_hw a_{c,hw} f_hw``. (``1/sqrt(D)`` keeps the
-    sigmoid out of saturation at D = 2048; the mean keeps the scale of global pooling.)
+    ``a_{c,hw} = sigmoid(s_c . f_hw)`` aligns each position of the feature map with the class
+    semantic vector ``s_c`` (the LSPL output ``E^2``); the class vector is the
+    attention-weighted mean ``v_c = 1/(HW) sum_hw a_{c,hw} f_hw`` (the mean keeps the scale of
+    global pooling). ``scale=True`` divides the alignment by ``sqrt(D)``.
     """
 
-    def __init__(self, dim: int, scale: bool = True) -> None:
+    def __init__(self, dim: int, scale: bool = False) -> None:
         super().__init__()
         self.dim = dim
         self.scale = 1.0 / math.sqrt(dim) if scale else 1.0
