@@ -193,7 +193,7 @@ def _minilm():  # noqa: ANN202 - a sentence_transformers.SentenceTransformer
 
 
 def _minilm_embed(names: Sequence[str]) -> np.ndarray:
-    texts = [" ".join(tokenize_name(n)) for n in names]
+    texts = [" ".join(n.replace("_", " ").split()) for n in names]  # the encoder lower-cases
     emb = _minilm().encode(texts, convert_to_numpy=True, normalize_embeddings=True,
                            show_progress_bar=False)
     return np.asarray(emb, dtype=np.float32)
