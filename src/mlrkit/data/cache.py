@@ -59,13 +59,16 @@ def backbone_name(backbone: torch.nn.Module) -> str:
     return str(getattr(backbone, "name", None) or type(backbone).__name__)
 
 
-def images_hash(ids: Sequence[str], targets: torch.Tensor | np.ndarray) -> str:
-    """sha256 of the image ids and the targets' bytes (shape included)."""
-    t = np.ascontiguousarray(np.asarray(targets, dtype=np.int8))
+def images_hash(ids: Sequence[str], paths: Sequence[Any] | None = None) -> str:
+    """sha256 of the image ids and, when the images are files, their paths.
+
+    Labels are left out on purpose: feature maps do not depend on them, so a label protocol
+    (partial, single positive) reuses the cache of the same images.
+    """
     h = hashlib.sha256()
     h.update(json.dumps([str(i) for i in ids]).encode())
-    h.update(repr(t.shape).encode())
-    h.update(t.tobytes())
+    if paths is not None:
+        h.update(json.dumps([str(p) for p in paths]).encode())
     return h.hexdigest()
 
 
@@ -99,7 +102,7 @@ def cache_key(backbone: torch.nn.Module, dataset: Dataset,
         "backbone": backbone_name(backbone),
         "weights_id": str(getattr(backbone, "weights_id", "unknown")),
         "transform": repr(transform),
-        "images": images_hash(_dataset_ids(dataset), _dataset_targets(dataset)),
+        "images": images_hash(_dataset_ids(dataset), getattr(dataset, "paths", None)),
         "mlrkit_version": _version(),
     }
 

@@ -124,7 +124,11 @@ def cached_dataset(cfg: Config, model: MLRModel, ds: MultiLabelDataset, device: 
                             transform=transform, progress=cfg.train.progress, device=device)
     if info.enabled:
         torch.distributed.barrier()
-    return fc.FeatureCacheDataset(fc.FeatureCache.open(path, expected_key=key))
+    feats = fc.FeatureCacheDataset(fc.FeatureCache.open(path, expected_key=key))
+    if feats.ids != list(ds.ids):
+        raise RuntimeError(f"{path}: feature cache rows do not follow the dataset's images")
+    feats.targets = ds.targets  # the key covers the images only; labels come from the dataset
+    return feats
 
 
 def make_loader(ds: Dataset, batch_size: int, train: bool, info: DistInfo, seed: int,
