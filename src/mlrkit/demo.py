@@ -17,9 +17,11 @@ DEMO_BASE: dict[str, Any] = {
     "seed": 0,
     "model": {"backbone": "efficientnet_lite0", "pretrained": True, "freeze_backbone": True},
     "data": {
-        "train": {"name": "fashion_mosaic", "split": "train", "num_images": 2000, "seed": 0},
-        "val": {"name": "fashion_mosaic", "split": "test", "num_images": 1000, "seed": 1},
-        "image_size": 224, "batch_size": 64, "num_workers": 0, "cache": True,
+        "train": {"name": "fashion_mosaic", "split": "train", "num_images": 1500,
+                  "image_size": 160, "seed": 0},
+        "val": {"name": "fashion_mosaic", "split": "test", "num_images": 500,
+                "image_size": 160, "seed": 1},
+        "image_size": 160, "batch_size": 64, "num_workers": 0, "cache": True,
     },
     "loss": {"name": "bce"},
     "optim": {"name": "adam", "lr": 1.0e-3, "weight_decay": 1.0e-4},
@@ -34,7 +36,7 @@ DEMO_METHODS: dict[str, dict[str, Any]] = {
                        "label_graph": "cooccurrence",
                        "options": {"d1": 256, "d2": 512}}},
     "cmsg": {"model": {"name": "cmsg", "label_embeddings": "glove50",
-                       "options": {"hidden_dim": 256, "heads": 4, "layers": 1}},
+                       "options": {"hidden_dim": 256, "heads": 4, "layers": 1, "tau": 0.5}},
              "loss": {"name": "asl", "options": {"gamma_pos": 0, "gamma_neg": 4, "clip": 0.05}}},
 }
 
@@ -82,12 +84,13 @@ def run_demo(methods: list[str] | None = None, output_dir: str | Path = "runs",
         report = trainer.report
         plot_pr_curves(trainer.last_scores, trainer.val_targets, names,
                        run_dir / "pr_curves.png", title=f"{method}: precision-recall per class")
-        plot_per_class_ap(report.per_class_ap, names, run_dir / "per_class_ap.png",
+        plot_per_class_ap([100 * float(v) for v in report.per_class_ap], names,
+                          run_dir / "per_class_ap.png",
                           title=f"{method}: average precision per class")
         d = report.to_dict()
-        results[method] = {"mAP": d["mAP"], "CF1": d["CF1"], "OF1": d["OF1"],
-                           "seconds": time.perf_counter() - t0,
-                           "per_class_ap": [float(v) for v in report.per_class_ap]}
+        results[method] = {"mAP": 100 * d["mAP"], "CF1": 100 * d["CF1"],
+                           "OF1": 100 * d["OF1"], "seconds": time.perf_counter() - t0,
+                           "per_class_ap": [100 * float(v) for v in report.per_class_ap]}
         print(f"\n== {method} ==")
         print(report.format_table(names))
     total = time.perf_counter() - t_start

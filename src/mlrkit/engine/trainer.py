@@ -282,8 +282,8 @@ class Trainer:
         if report is None:  # resumed a run that had already finished
             _, report = self.validate()
         result = {"final": report.to_dict(), "best": self.best, "epochs": self.epoch,
-                  "per_class_ap": dict(zip(self.labels.names,
-                                           [float(v) for v in report.per_class_ap])),
+                  "per_class_ap": dict(zip(self.labels.names, [  # NaN: no positive (not JSON)
+                      None if math.isnan(float(v)) else float(v) for v in report.per_class_ap])),
                   "choices": getattr(report, "choices", {})}
         if self.info.is_main:
             atomic_write_text(self.run_dir / "metrics.json",
