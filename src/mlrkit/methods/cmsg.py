@@ -1,6 +1,6 @@
 """CMSG: cross-modality semantic guidance for multi-label image recognition.
 
-Pipeline (choices where the paper is silent are listed in docs/methods/cmsg.md):
+Pipeline (choices where the paper is silent are listed in docs/methods.md):
 
 1. project the backbone map ``(B, D, H, W)`` to ``d = hidden_dim`` (1x1 conv) and add a 2-D
    sine positional encoding to the keys;
