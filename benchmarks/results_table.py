@@ -83,8 +83,9 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "docs" / "results.md"))
     ap.add_argument("--json", default=None, help="also write the raw numbers here")
     ap.add_argument("--cache-dir", default=str(REPO / ".cache" / "features"))
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(args.threads)
     rows = ROWS if args.rows is None else [ROWS[int(i)] for i in args.rows.split(",")]
     raw: dict[str, dict[str, list[dict[str, float]]]] = {}
     t_all = time.perf_counter()

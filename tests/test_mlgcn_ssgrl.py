@@ -155,3 +155,23 @@ def test_bad_inputs() -> None:
         MLGCN(D, C, emb, nan)
     with pytest.raises(ValueError, match="pooling must be"):
         MLGCN(D, C, emb, A, pooling="mean")
+
+
+def test_ssgrl_proj_dim_is_a_1x1_convolution_before_decoupling():
+    import torch
+
+    from mlrkit import create_model
+    from mlrkit.structures import Features
+
+    torch.manual_seed(0)
+    emb, graph = torch.randn(5, 7), torch.rand(5, 5)
+    m = create_model("ssgrl", backbone="cached", in_dim=12, num_classes=5, label_embeddings=emb,
+                     label_graph=graph, inter_dim=8, proj_dim=6)
+    x = torch.randn(2, 12, 3, 4)
+    out = m(Features(map=x))
+    assert out.logits.shape == (2, 5) and out.attention.shape == (2, 5, 3, 4)
+    # the head sees W x + b at every position: replace the map by its projection by hand
+    w, b = m.head.proj.weight[:, :, 0, 0], m.head.proj.bias
+    projected = torch.einsum("od,bdhw->bohw", w, x) + b[None, :, None, None]
+    m.head.proj = None
+    torch.testing.assert_close(m(Features(map=projected)).logits, out.logits)

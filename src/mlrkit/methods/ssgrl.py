@@ -27,10 +27,15 @@ class SSGRL(nn.Module):
 
     def __init__(self, in_dim: int, num_classes: int, label_embeddings: torch.Tensor | None = None,
                  label_graph: torch.Tensor | None = None, inter_dim: int = 1024,
-                 out_dim: int | None = None, steps: int = 3) -> None:
+                 out_dim: int | None = None, steps: int = 3,
+                 proj_dim: int | None = None) -> None:
         super().__init__()
         emb, graph = require_semantics("ssgrl", num_classes, label_embeddings, label_graph)
         self.num_classes = num_classes
+        # optional 1x1 convolution of the backbone map to proj_dim channels: the GGNN works at
+        # the map's width, so a narrower map makes it affordable on a CPU
+        self.proj = nn.Conv2d(in_dim, proj_dim, 1) if proj_dim else None
+        in_dim = proj_dim or in_dim
         out_dim = out_dim or in_dim
         self.register_buffer("embeddings", emb)
         self.register_buffer("adj", graph)
@@ -40,7 +45,8 @@ class SSGRL(nn.Module):
         self.classifier = ClassWiseLinear(num_classes, out_dim)
 
     def forward(self, features: Features) -> Output:
-        f, attn = self.decouple(features.map, self.embeddings)  # SSGRL eq. 1-3
+        fmap = features.map if self.proj is None else self.proj(features.map)
+        f, attn = self.decouple(fmap, self.embeddings)  # SSGRL eq. 1-3
         h = self.ggnn(f, self.adj)  # SSGRL eq. 4-6
         o = torch.tanh(self.fo(torch.cat([h, f], dim=-1)))  # SSGRL eq. 7
         return Output(logits=self.classifier(o), attention=attn)  # SSGRL eq. 8
