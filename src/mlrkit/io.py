@@ -74,6 +74,19 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
         raise
 
 
+def open_rgb(path: str | os.PathLike[str]) -> Any:
+    """Decode an image file as RGB; ``FileNotFoundError`` / ``ValueError`` name the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: image file not found") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot decode image ({e})") from None
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_write(path, "w") as f:
         f.write(text)

@@ -191,7 +191,11 @@ class AsymmetricLoss(MLRLoss):
         x, pos, neg, _ = self._inputs(logits, targets)
         per = _asl_terms(x, pos, neg, self.gamma_pos, self.gamma_neg, self.clip, self.eps,
                          self.detach_focal_weight)
-        return self._reduce(per.sum(), (pos + neg).sum())
+        return self._reduce(per.sum(), self._count(x, pos, neg))
+
+    def _count(self, x: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> Any:
+        """What ``mean`` divides by: the known entries."""
+        return (pos + neg).sum()
 
 
 # ---------------------------------------------------------------------- partial labels
@@ -234,7 +238,7 @@ class PartialBCELoss(MLRLoss):
 
 
 @LOSSES.register("partial_asl")
-class PartialAsymmetricLoss(MLRLoss):
+class PartialAsymmetricLoss(AsymmetricLoss):
     """Partial asymmetric loss (SD-CSP eq. 10-11): the ASL terms on the known labels only,
     ``L = -sum_{c: y=1} (1-p)^g+ log p - sum_{c: y=-1} p_m^g- log(1 - p_m)``,
     ``p_m = max(p - m, 0)``.
@@ -244,23 +248,12 @@ class PartialAsymmetricLoss(MLRLoss):
     averaged over the batch (the reference code's ``-loss.sum() / batch_size``).
     """
 
-    unknown_targets = "ignored"
-
     def __init__(self, reduction: str = "mean", gamma_pos: float = 1.0, gamma_neg: float = 2.0,
                  clip: float = 0.05, eps: float = 1e-8, detach_focal_weight: bool = True) -> None:
-        super().__init__(reduction)
-        if gamma_pos < 0 or gamma_neg < 0 or not 0 <= clip < 1 or eps < 0:
-            raise ValueError("partial_asl: need gamma_pos, gamma_neg >= 0, 0 <= clip < 1, "
-                             "eps >= 0")
-        self.gamma_pos, self.gamma_neg = float(gamma_pos), float(gamma_neg)
-        self.clip, self.eps = float(clip), float(eps)
-        self.detach_focal_weight = bool(detach_focal_weight)
+        super().__init__(reduction, gamma_pos, gamma_neg, clip, eps, detach_focal_weight)
 
-    def forward(self, logits: torch.Tensor, targets: Any) -> torch.Tensor:
-        x, pos, neg, _ = self._inputs(logits, targets)
-        per = _asl_terms(x, pos, neg, self.gamma_pos, self.gamma_neg, self.clip, self.eps,
-                         self.detach_focal_weight)
-        return self._reduce(per.sum(), x.shape[0])
+    def _count(self, x: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> Any:
+        return x.shape[0]
 
 
 # ------------------------------------------------------------------ single positive labels

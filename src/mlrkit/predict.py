@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from .config import Config, config_from_dict
+from .io import open_rgb
 from .labels import LabelSpace
 from .model import MLRModel
 
@@ -71,13 +72,7 @@ class Predictor:
     def _open(img: str | Path | Image.Image) -> Image.Image:
         if isinstance(img, Image.Image):
             return img.convert("RGB")
-        try:
-            with Image.open(img) as im:
-                return im.convert("RGB")
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{img}: image file not found") from None
-        except OSError as e:
-            raise ValueError(f"{img}: cannot decode image ({e})") from None
+        return open_rgb(img)
 
     @torch.no_grad()
     def predict(self, images: Sequence[str | Path | Image.Image], threshold: float | None = None,

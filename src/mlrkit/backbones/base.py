@@ -36,6 +36,11 @@ class Backbone(nn.Module):
     def forward_map(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def check_images(self, images: torch.Tensor, name: str) -> None:
+        """Raise a clear error unless ``images`` is a (B, 3, H, W) batch."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"{name}: expected images (B, 3, H, W), got {tuple(images.shape)}")
+
     def forward(self, images: torch.Tensor) -> Features:
         if self.frozen:
             with torch.no_grad():

@@ -88,9 +88,7 @@ class ResNetBackbone(Backbone):
         return self
 
     def forward_map(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"{self.name}: expected images (B, 3, H, W), "
-                             f"got {tuple(images.shape)}")
+        self.check_images(images, self.name)
         b = self.body
         x = b.maxpool(b.act1(b.bn1(b.conv1(images)))) if hasattr(b, "act1") else \
             b.maxpool(b.relu(b.bn1(b.conv1(images))))

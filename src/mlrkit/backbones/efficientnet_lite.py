@@ -148,9 +148,7 @@ class EfficientNetLite0(Backbone):
         return self
 
     def forward_map(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"efficientnet_lite0: expected images (B, 3, H, W), "
-                             f"got {tuple(images.shape)}")
+        self.check_images(images, "efficientnet_lite0")
         if self.fuse and not self.training and (self.frozen or not torch.is_grad_enabled()):
             fmap = self._fused_model().extract_features(
                 images.contiguous(memory_format=torch.channels_last))

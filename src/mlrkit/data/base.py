@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..io import open_rgb
 from ..labels import LabelSpace, validate_targets
 
 
@@ -46,14 +47,10 @@ class MultiLabelDataset(Dataset):
     def load_image(self, i: int) -> Image.Image:
         if self.paths is None:
             raise DataError("this dataset has labels only (no image files)")
-        path = Path(self.paths[i])
         try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
-        except FileNotFoundError:
-            raise DataError(f"{path}: image file not found") from None
-        except OSError as e:
-            raise DataError(f"{path}: cannot decode image ({e})") from None
+            return open_rgb(self.paths[i])
+        except (FileNotFoundError, ValueError) as e:
+            raise DataError(str(e)) from None
 
     def __getitem__(self, i: int) -> tuple[Any, torch.Tensor]:
         img = self.load_image(i)
