@@ -243,3 +243,32 @@ def test_em_apl_pseudo_labels_driven_by_the_trainer(tmp_path):
     # epochs 1 and 2 both select (epoch >= warmup), never an observed entry
     torch.testing.assert_close(chosen.sum(0), torch.minimum(2 * quota, unobserved))
     assert not bool((chosen & (t != 0)).any())
+
+
+def test_cli_extract_train_eval_predict(tmp_path, capsys):
+    import json
+
+    from mlrkit.cli import main
+
+    cfg = _config(tmp_path, **{"train.epochs": 1, "train.ema": 0.0, "data.cache": True,
+                               "model.freeze_backbone": True, "model.options": {}})
+    assert main(["extract-features", "--config", str(cfg)]) == 0
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # train and val caches
+    assert main(["train", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "mAP" in out and "red" in out
+    run = tmp_path / "runs" / "run"
+    assert main(["eval", "--checkpoint", str(run), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    saved = json.loads((run / "metrics.json").read_text())
+    assert metrics["mAP"] == pytest.approx(saved["final"]["mAP"], abs=1e-6)
+    img = tmp_path / "val" / "img0001.png"
+    assert main(["predict", "--checkpoint", str(run), str(img), "--json",
+                 "--threshold", "0"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    assert line["labels"] and set(line["scores"]) == {"red", "green", "blue"}
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"")
+    assert main(["predict", "--checkpoint", str(run), str(broken)]) == 1
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "cannot decode" in err and "Traceback" not in err
