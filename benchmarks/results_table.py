@@ -55,10 +55,10 @@ DATASETS = {
 
 
 def run_row(dataset: str, family: str, overrides: list[str], seed: int, out: Path,
-            cache_dir: Path) -> dict[str, float]:
+            cache_dir: Path, row: int = 0) -> dict[str, float]:
     cfg = load_config(REPO / "configs" / f"{family}_{dataset}_effl0.yaml",
                       [*DATASETS[dataset][1], *overrides, f"seed={seed}",
-                       f"name={family}-{'-'.join(o.split('=')[-1] for o in overrides)}-{seed}",
+                       f"name={dataset}-row{row}-{family}-seed{seed}",
                        f"output_dir={out}", f"data.cache_dir={cache_dir}",
                        "train.progress=false", "data.num_workers=0"])
     t0 = time.perf_counter()
@@ -86,16 +86,17 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    rows = ROWS if args.rows is None else [ROWS[int(i)] for i in args.rows.split(",")]
+    picked = range(len(ROWS)) if args.rows is None else [int(i) for i in args.rows.split(",")]
+    rows = [(i, *ROWS[i]) for i in picked]
     raw: dict[str, dict[str, list[dict[str, float]]]] = {}
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for ds in args.datasets.split(","):
             raw[ds] = {}
-            for label, family, over in rows:
+            for row, label, family, over in rows:
                 raw[ds][label] = []
                 for seed in range(args.seeds):
-                    r = run_row(ds, family, over, seed, Path(tmp), Path(args.cache_dir))
+                    r = run_row(ds, family, over, seed, Path(tmp), Path(args.cache_dir), row)
                     raw[ds][label].append(r)
                     print(f"{ds:8s} {label:32s} seed {seed}: mAP {r['mAP']:.2f} "
                           f"CF1 {r['CF1']:.2f} OF1 {r['OF1']:.2f} ({r['seconds']:.1f} s)",
