@@ -74,6 +74,17 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
         raise
 
 
+def file_digest(path: str | os.PathLike[str], length: int = 12) -> str:
+    """The first ``length`` hex digits of a file's SHA-256 (read in 1 MiB chunks)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:length]
+
+
 def open_rgb(path: str | os.PathLike[str]) -> Any:
     """Decode an image file as RGB; ``FileNotFoundError`` / ``ValueError`` name the file."""
     from PIL import Image

