@@ -149,8 +149,8 @@ class FeedForward(nn.Module):
         return self.fc2(self.drop(F.relu(self.fc1(x))))
 
 
-class SelfAttentionLayer(nn.Module):
-    """(Masked) multi-head self-attention + FFN, each with residual and post-LayerNorm."""
+class _AttentionBlock(nn.Module):
+    """Attention + FFN, each with residual and post-LayerNorm (the DETR layer layout)."""
 
     def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float = 0.1) -> None:
         super().__init__()
@@ -159,34 +159,30 @@ class SelfAttentionLayer(nn.Module):
         self.ffn = FeedForward(dim, ff_dim, dropout)
         self.norm2 = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
+
+    def _residual(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x + self.drop(a))
+        return self.norm2(x + self.drop(self.ffn(x)))
+
+
+class SelfAttentionLayer(_AttentionBlock):
+    """(Masked) multi-head self-attention + FFN, each with residual and post-LayerNorm."""
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
                 need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         a, w = self.attn(x, x, x, attn_mask=attn_mask, need_weights=need_weights)
-        x = self.norm1(x + self.drop(a))
-        x = self.norm2(x + self.drop(self.ffn(x)))
-        return x, w
+        return self._residual(x, a), w
 
 
-class CrossAttentionLayer(nn.Module):
+class CrossAttentionLayer(_AttentionBlock):
     """Multi-head cross-attention (queries ``x``; keys ``memory + pos``, values ``memory``,
     as in the DETR decoder) + FFN, each with residual and post-LayerNorm."""
-
-    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.attn = MultiHeadAttention(dim, heads, dropout)
-        self.norm1 = nn.LayerNorm(dim)
-        self.ffn = FeedForward(dim, ff_dim, dropout)
-        self.norm2 = nn.LayerNorm(dim)
-        self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor | None = None,
                 need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         key = memory if pos is None else memory + pos
         a, w = self.attn(x, key, memory, need_weights=need_weights)
-        x = self.norm1(x + self.drop(a))
-        x = self.norm2(x + self.drop(self.ffn(x)))
-        return x, w
+        return self._residual(x, a), w
 
 
 class ClassAttentionPooling(nn.Module):
