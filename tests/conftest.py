@@ -40,3 +40,22 @@ def make_color_images(folder: Path, n: int, size: int = 32, seed: int = 0) -> Pa
     (folder / "labels.txt").write_text("\n".join(lines) + "\n")
     (folder / "names.txt").write_text("red\ngreen\nblue\n")
     return folder / "labels.txt"
+
+
+def train_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int,
+                 lr: float, loss_fn=None) -> list[float]:
+    """Full-batch Adam steps on cached feature maps; the loss after each step's forward."""
+    import torch.nn.functional as F
+
+    from mlrkit.structures import Features
+
+    loss_fn = loss_fn or F.binary_cross_entropy_with_logits
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = loss_fn(model(Features(map=x)).logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
+from conftest import train_losses
 from mlrkit.methods.cmsg import CMSG, PerClassLinear, semantic_correlation
 from mlrkit.nn.attention import (
     ClassAttentionPooling,
@@ -385,14 +385,7 @@ def test_each_ablation_variant_learns(variant, one_thread):
     emb = torch.randn(5, 12)
     head = CMSG(16, 5, label_embeddings=emb, hidden_dim=32, heads=4, layers=1, tau=0.0,
                 dropout=0.0, **variant)
-    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(40):
-        loss = F.binary_cross_entropy_with_logits(head(Features(map=maps)).logits, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_losses(head, maps, y, 40, lr=3e-3)
     assert losses[-1] < 0.3 * losses[0], losses[::8]
     head.eval()
     with torch.no_grad():

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import train_losses
 from mlrkit import create_model
 from mlrkit.methods.dlsa import DLSA, SelfAttentionReasoning
 from mlrkit.nn.decoupling import ClassWiseLinear, SemanticAlignmentAttention
@@ -189,14 +190,7 @@ def test_every_ablation_row_trains(row: str) -> None:
     model = create_model("dlsa", backbone="cached", in_dim=D, num_classes=C,
                          label_embeddings=emb, label_graph=cooccurrence_graph(targets),
                          lspl=lspl, sd=sd, sar=sar, d1=16, d2=16, heads=4)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(40):
-        loss = F.binary_cross_entropy_with_logits(model(Features(map=x)).logits, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_losses(model, x, y, 40, lr=1e-2)
     assert losses[-1] < 0.7 * losses[0], (row, losses[0], losses[-1])
     if lspl:
         assert model.head.gcn.layers[0].weight.grad is not None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import train_losses
 from mlrkit import create_model, load_dataset
 from mlrkit.backbones import create_backbone
 from mlrkit.data.cache import default_transform
@@ -55,15 +56,8 @@ def test_variant_trains_on_mosaics(mosaic_features, method, options):
     model = create_model(method, backbone="cached", in_dim=fmap.shape[1],
                          num_classes=targets.shape[1], **sem, **options)
     loss_fn = create_loss("asl" if method == "cmsg" else "bce")
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(25):
-        out = model(Features(map=fmap))
-        loss = loss_fn(out.logits, targets)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_losses(model, fmap, targets, 25, lr=1e-3, loss_fn=loss_fn)
     assert losses[-1] < 0.6 * losses[0], losses[::6]
+    out = model(Features(map=fmap))
     if out.attention is not None:
         assert out.attention.shape == (len(fmap), targets.shape[1], *fmap.shape[2:])

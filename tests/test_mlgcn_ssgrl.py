@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from conftest import train_losses
 from mlrkit import create_model
 from mlrkit.methods.mlgcn import MLGCN
 from mlrkit.methods.ssgrl import SSGRL
@@ -129,14 +129,7 @@ def test_training_reduces_loss(method: str) -> None:
     opts = {"d1": 16} if method == "mlgcn" else {"inter_dim": 16, "steps": 2}
     model = create_model(method, backbone="cached", in_dim=D, num_classes=C,
                          label_embeddings=emb, label_graph=A if method == "mlgcn" else P, **opts)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(40):
-        loss = F.binary_cross_entropy_with_logits(model(Features(map=x)).logits, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_losses(model, x, y, 40, lr=1e-2)
     assert losses[-1] < 0.7 * losses[0], (losses[0], losses[-1])
 
 
