@@ -89,6 +89,32 @@ def test_ap_large_input_threaded_blocks_equal_sklearn():
     np.testing.assert_allclose(rep.per_class_ap, average_precision(s, t, "voc11").numpy())
 
 
+@pytest.mark.parametrize("ap_mode", ["sklearn", "voc"])
+def test_evaluate_threaded_path_skewed_classes_equal_direct_formulas(ap_mode):
+    # above 2**20 entries: blocks of classes grouped by positive count, counts at the
+    # threshold from searches in the sorted rows; compare with the direct mask formulas
+    rng = np.random.default_rng(8)
+    n, c = 16000, 70
+    t = np.where(rng.random((n, c)) < 0.03, 1, -1).astype(np.int8)
+    t[:, 0] = np.where(rng.random(n) < 0.45, 1, -1)  # a "person": many positives
+    t[:, 1:4] = -1  # classes without a positive
+    t[rng.random((n, c)) < 0.05] = 0  # unknown entries
+    s = np.round(rng.random((n, c)), 1).astype(np.float32)  # ties, many exactly at 0.5
+    assert s.size >= 1 << 20 and (s == 0.5).sum() > 1000
+    rep = evaluate(s, t, ap_mode=ap_mode)
+    direct = threshold_metrics(s, t)
+    for k in ("CP", "CR", "CF1", "OP", "OR", "OF1"):
+        assert rep[k] == pytest.approx(direct[k], abs=1e-15), k
+    ref = average_precision(s[:, :35], t[:, :35], ap_mode).numpy()  # small: one block
+    np.testing.assert_allclose(rep.per_class_ap[:35], ref, rtol=0, atol=1e-12)
+    if ap_mode == "sklearn":
+        np.testing.assert_allclose(rep.per_class_ap, sklearn_ap(s, t), rtol=0, atol=1e-12)
+    assert np.isnan(rep.per_class_ap[1:4]).all() and not np.isnan(rep.per_class_ap[4:]).any()
+    logit = np.log(s.astype(np.float64) + 1e-9) - np.log1p(-s.astype(np.float64) + 1e-9)
+    rep_l = evaluate(logit, t, scores_are="logits", ap_mode=ap_mode)
+    assert rep_l["OF1"] == pytest.approx(threshold_metrics(logit, t, scores_are="logits")["OF1"])
+
+
 def test_ap_accepts_torch_and_numpy_alike():
     s, t = random_case(seed=1)
     a = average_precision(s, t)
