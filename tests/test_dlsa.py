@@ -219,3 +219,20 @@ def test_bad_inputs() -> None:
     with pytest.raises(ValueError, match="not divisible by heads"):
         DLSA(D, C, emb, A, d2=D, heads=3)
     DLSA(D, C, emb, None, lspl=False, sd=True, d2=D)  # SD alone needs no graph
+
+
+def test_bf16_autocast_matches_float32_and_scores_stay_float32() -> None:
+    # the CPU configs train under bfloat16 autocast: the head must agree with float32 to
+    # bfloat16 precision, and its scores must not be rounded to bfloat16 (that ties images)
+    torch.manual_seed(6)
+    emb, A = _semantics()
+    head = DLSA(10, C, emb, A, d1=16, d2=32, heads=4).eval()
+    fmap = torch.randn(16, 10, H, W)
+    ref = head(Features(map=fmap))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(Features(map=fmap))
+    assert out.logits.dtype == torch.float32
+    torch.testing.assert_close(out.logits, ref.logits, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(out.attention.float(), ref.attention, atol=0.02, rtol=0.02)
+    rounded = out.logits.bfloat16().float()
+    assert (rounded != out.logits).float().mean() > 0.5  # not bfloat16 values

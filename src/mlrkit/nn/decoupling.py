@@ -18,14 +18,27 @@ __all__ = ["ClassWiseLinear", "LowRankBilinearAttention", "SemanticAlignmentAtte
            "attention_pool"]
 
 
+def autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the autocast dtype when autocast is on for its device (cast once here rather
+    than by every matmul that reads it), else ``x`` unchanged."""
+    dev = x.device.type
+    return x.to(torch.get_autocast_dtype(dev)) if torch.is_autocast_enabled(dev) else x
+
+
 def attention_pool(fmap: torch.Tensor, attention: torch.Tensor,
                    normalize: bool = False) -> torch.Tensor:
     """Class vectors ``v[b, c] = sum_hw a[b, c, hw] f[b, :, hw]`` ``(B, C, D)``.
 
-    With ``normalize`` the sum is divided by the number of positions ``H W``.
+    With ``normalize`` the sum is divided by the number of positions ``H W``. One batched
+    matmul against the transposed view of the (B, D, HW) map (no copy of the map).
     """
-    v = torch.einsum("bchw,bdhw->bcd", attention, fmap)  # SSGRL eq. 3 / DLSA eq. 3
-    return v / (fmap.shape[2] * fmap.shape[3]) if normalize else v
+    b, _, h, w = fmap.shape
+    f = fmap.flatten(2)
+    a = attention.flatten(2)
+    if a.dtype != f.dtype:
+        a = a.to(f.dtype)
+    v = torch.bmm(a, f.transpose(1, 2))  # SSGRL eq. 3 / DLSA eq. 3
+    return v / (h * w) if normalize else v
 
 
 class LowRankBilinearAttention(nn.Module):
@@ -86,26 +99,41 @@ class SemanticAlignmentAttention(nn.Module):
         C class vectors (``s_c . (P f + b) = (P^T s_c) . f + s_c . b`` and ``sum_hw a P f =
         P sum_hw a f``) when C < H W, else onto the H W positions; both are exact.
         """
-        hw = fmap.shape[2] * fmap.shape[3]
-        if proj is not None and semantics.shape[0] >= hw:
-            fmap = torch.einsum("ek,bkhw->behw", proj.weight, fmap) + proj.bias[:, None, None]
+        b, _, h, w = fmap.shape
+        fmap = autocast_input(fmap)  # read twice below: cast once
+        if proj is not None and semantics.shape[0] >= h * w:
+            fmap = (torch.matmul(proj.weight, fmap.flatten(2))
+                    + proj.bias[:, None]).view(b, -1, h, w)
             proj = None
         if proj is None:
             if semantics.shape[-1] != fmap.shape[1]:
                 raise ValueError(f"semantic alignment: class vectors have {semantics.shape[-1]}"
                                  f" dims, the feature map {fmap.shape[1]} channels")
-            a = torch.sigmoid(torch.einsum("cd,bdhw->bchw", semantics, fmap) * self.scale)
+            a = torch.sigmoid(self._align(semantics, fmap) * self.scale).view(b, -1, h, w)
             return attention_pool(fmap, a, normalize=True), a  # DLSA eq. 3
         s_in = semantics @ proj.weight  # (C, D_in): P^T s_c
-        logits = torch.einsum("ck,bkhw->bchw", s_in, fmap) + (semantics @ proj.bias)[:, None, None]
-        a = torch.sigmoid(logits * self.scale)
+        logits = self._align(s_in, fmap) + (semantics @ proj.bias)[:, None]
+        a = torch.sigmoid(logits * self.scale).view(b, -1, h, w)
         u = attention_pool(fmap, a, normalize=True)  # (B, C, D_in)
         v = u @ proj.weight.T + a.mean(dim=(2, 3))[..., None] * proj.bias  # DLSA eq. 3
         return v, a
 
+    @staticmethod
+    def _align(semantics: torch.Tensor, fmap: torch.Tensor) -> torch.Tensor:
+        """``s_c . f_hw`` for all b, c, hw: (B, C, HW), one batched matmul on the (B, D, HW)
+        map as it is stored (the class vectors are broadcast, the map is not copied)."""
+        b = fmap.shape[0]
+        s = semantics.to(fmap.dtype) if semantics.dtype != fmap.dtype else semantics
+        return torch.bmm(s.expand(b, -1, -1), fmap.flatten(2))
+
 
 class ClassWiseLinear(nn.Module):
-    """Per-class classifier ``y_c = w_c . v_c + b_c`` on class vectors ``(B, C, D)``."""
+    """Per-class classifier ``y_c = w_c . v_c + b_c`` on class vectors ``(B, C, D)``.
+
+    The dot products run in float32 even under autocast (they are B C D multiply-adds, a
+    negligible cost): bfloat16 scores keep 8 significant bits and would tie many images in
+    the ranking that AP is computed from.
+    """
 
     def __init__(self, num_classes: int, dim: int) -> None:
         super().__init__()
@@ -114,4 +142,6 @@ class ClassWiseLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(num_classes).uniform_(-bound, bound))
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bcd,cd->bc", v, self.weight) + self.bias  # DLSA eq. 7
+        with torch.autocast(v.device.type, enabled=False):
+            v = v.to(self.weight.dtype)
+            return torch.einsum("bcd,cd->bc", v, self.weight) + self.bias  # DLSA eq. 7
