@@ -45,6 +45,7 @@ ROWS: list[tuple[str, str, list[str]]] = [
     ("CMSG w/o SGA", "cmsg", ["model.options.sga=false"]),
     ("CMSG w/o SAA", "cmsg", ["model.options.saa=false"]),
     ("CMSG w/o correlation", "cmsg", ["model.options.correlation=false"]),
+    ("DLSA full, d2 = 1280 (no projection)", "dlsa", ["model.options.d2=1280"]),
 ]
 
 DATASETS = {
