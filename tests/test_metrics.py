@@ -115,6 +115,28 @@ def test_evaluate_threaded_path_skewed_classes_equal_direct_formulas(ap_mode):
     assert rep_l["OF1"] == pytest.approx(threshold_metrics(logit, t, scores_are="logits")["OF1"])
 
 
+def _evaluate_in_child(queue) -> None:
+    s, t = random_case(n=14000, c=80, seed=21, decimals=3, dtype=np.float32)
+    queue.put(evaluate(s, t).mAP)
+
+
+def test_evaluate_works_in_a_forked_child_after_the_parent_used_its_threads():
+    import multiprocessing as mp
+
+    s, t = random_case(n=14000, c=80, seed=21, decimals=3, dtype=np.float32)
+    expected = evaluate(s, t).mAP  # the parent's worker threads now exist
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_evaluate_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive, "evaluate hung in a forked child"
+    assert queue.get(timeout=5) == expected
+
+
 def test_ap_accepts_torch_and_numpy_alike():
     s, t = random_case(seed=1)
     a = average_precision(s, t)

@@ -172,6 +172,15 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
+def _forget_pool() -> None:
+    # a forked child has none of the parent's threads: it must make its own pool
+    global _POOL
+    _POOL = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _class_blocks(npos: np.ndarray, workers: int) -> list[np.ndarray]:
     """Class indices cut into blocks of similar positive counts, at least ``workers`` of them.
 
