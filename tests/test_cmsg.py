@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import train_losses
-from mlrkit.methods.cmsg import CMSG, PerClassLinear, semantic_correlation
+from mlrkit.methods.cmsg import CMSG, semantic_correlation
 from mlrkit.nn.attention import (
     ClassAttentionPooling,
     CrossAttentionLayer,
@@ -20,6 +20,7 @@ from mlrkit.nn.attention import (
     correlation_bias,
     sine_position_encoding,
 )
+from mlrkit.nn.decoupling import ClassWiseLinear
 from mlrkit.structures import Features
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,7 +174,7 @@ def test_class_attention_pooling_matches_loop():
 
 def test_per_class_linear_matches_loop():
     torch.manual_seed(5)
-    lin = PerClassLinear(4, 3)
+    lin = ClassWiseLinear(4, 3)  # CMSG's classifier
     h = torch.randn(2, 4, 3)
     with torch.no_grad():
         want = torch.tensor([[float(h[b, c] @ lin.weight[c] + lin.bias[c]) for c in range(4)]

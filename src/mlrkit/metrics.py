@@ -233,7 +233,7 @@ def _class_stats(s: np.ndarray, t: np.ndarray, mode: str, cut: float | None = No
 
 def _rows(sc: np.ndarray, tc: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows ``idx`` of both arrays: views when ``idx`` is a run of consecutive rows."""
-    if idx[-1] - idx[0] == len(idx) - 1 and (np.diff(idx) == 1).all():
+    if (np.diff(idx) == 1).all():
         return sc[idx[0]:idx[-1] + 1], tc[idx[0]:idx[-1] + 1]
     return sc[idx], tc[idx]
 

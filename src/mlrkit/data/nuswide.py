@@ -44,6 +44,20 @@ def _find(root: Path, name: str, subdirs: Sequence[str], what: str) -> Path:
     raise DataError(f"NUS-WIDE: {what} not found (looked in {places}); pass it explicitly")
 
 
+def _names(given: str | Path | Sequence[str] | None, base: Path, filename: str, subdir: str,
+           count: int, what: str) -> tuple[str, ...]:
+    """A name list: ``given`` names or names file, else ``filename`` found under ``base``."""
+    if given is None:
+        names = read_names_file(_find(base, filename, ["", subdir], filename))
+    elif isinstance(given, (str, Path)):
+        names = read_names_file(given)
+    else:
+        names = tuple(given)
+    if len(names) != count:
+        raise DataError(f"nuswide: expected {count} {what} names, got {len(names)}")
+    return names
+
+
 def nuswide_label_space(concepts: Sequence[str], tags: Sequence[str],
                         ) -> tuple[LabelSpace, np.ndarray]:
     """The 1,006-label zero-shot space and the tag-list columns of its seen part.
@@ -147,26 +161,10 @@ def nuswide(root: str | None = None, split: str | None = "train", label_space: s
     if root is None and labels_file is None:
         raise DataError("nuswide: pass root=<NUS-WIDE folder> or labels_file=<list file>")
     base = Path(root) if root is not None else Path(labels_file).parent  # type: ignore[arg-type]
-    if concepts is None:
-        concept_names = read_names_file(_find(base, "Concepts81.txt", ["", "ConceptsList"],
-                                              "Concepts81.txt"))
-    elif isinstance(concepts, (str, Path)):
-        concept_names = read_names_file(concepts)
-    else:
-        concept_names = tuple(concepts)
-    if len(concept_names) != 81:
-        raise DataError(f"nuswide: expected 81 concept names, got {len(concept_names)}")
+    concept_names = _names(concepts, base, "Concepts81.txt", "ConceptsList", 81, "concept")
     tag_names: tuple[str, ...] = ()
     if label_space != "81":
-        if tags is None:
-            tag_names = read_names_file(_find(base, "TagList1k.txt", ["", "NUS_WID_Tags"],
-                                              "TagList1k.txt"))
-        elif isinstance(tags, (str, Path)):
-            tag_names = read_names_file(tags)
-        else:
-            tag_names = tuple(tags)
-        if len(tag_names) != 1000:
-            raise DataError(f"nuswide: expected 1000 tag names, got {len(tag_names)}")
+        tag_names = _names(tags, base, "TagList1k.txt", "NUS_WID_Tags", 1000, "tag")
     bad = BadLines(skip_bad)
     info: dict[str, Any] = {"dataset": "nuswide", "label_space": label_space,
                             "no_label": no_label}

@@ -19,8 +19,6 @@ and re-weighted with ``p`` (ML-GCN eq. 8), or a ``label_graph`` passed in, used 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -31,10 +29,11 @@ from ..nn.attention import (
     correlation_bias,
     sine_position_encoding,
 )
+from ..nn.decoupling import ClassWiseLinear
 from ..registry import METHODS
 from ..structures import Features, Output
 
-__all__ = ["CMSG", "PerClassLinear", "semantic_correlation"]
+__all__ = ["CMSG", "semantic_correlation"]
 
 
 def semantic_correlation(label_embeddings: torch.Tensor, tau: float = 0.4,
@@ -47,19 +46,6 @@ def semantic_correlation(label_embeddings: torch.Tensor, tau: float = 0.4,
     from ..semantics.graphs import binarize, cosine_graph, reweight
 
     return reweight(binarize(cosine_graph(label_embeddings), tau), p)
-
-
-class PerClassLinear(nn.Module):
-    """One linear classifier per class: ``logit_c = <w_c, h_c> + b_c`` for ``h`` (B, C, d)."""
-
-    def __init__(self, num_classes: int, dim: int) -> None:
-        super().__init__()
-        bound = 1.0 / math.sqrt(dim)
-        self.weight = nn.Parameter(torch.empty(num_classes, dim).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(num_classes).uniform_(-bound, bound))
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bcd,cd->bc", h, self.weight) + self.bias
 
 
 @METHODS.register("cmsg")
@@ -138,7 +124,7 @@ class CMSG(nn.Module):
         self.saa_layers = nn.ModuleList(
             CrossAttentionLayer(hidden_dim, heads, ff, dropout)
             for _ in range(n_saa if self.use_saa else 0))
-        self.classifier = PerClassLinear(num_classes, hidden_dim)
+        self.classifier = ClassWiseLinear(num_classes, hidden_dim)
 
     def queries(self) -> torch.Tensor:
         """The formation queries ``(C, d)``."""

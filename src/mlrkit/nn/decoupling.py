@@ -34,10 +34,7 @@ def attention_pool(fmap: torch.Tensor, attention: torch.Tensor,
     """
     b, _, h, w = fmap.shape
     f = fmap.flatten(2)
-    a = attention.flatten(2)
-    if a.dtype != f.dtype:
-        a = a.to(f.dtype)
-    v = torch.bmm(a, f.transpose(1, 2))  # SSGRL eq. 3 / DLSA eq. 3
+    v = torch.bmm(attention.flatten(2).to(f.dtype), f.transpose(1, 2))  # SSGRL eq. 3 / DLSA eq. 3
     return v / (h * w) if normalize else v
 
 
@@ -122,9 +119,8 @@ class SemanticAlignmentAttention(nn.Module):
     def _align(semantics: torch.Tensor, fmap: torch.Tensor) -> torch.Tensor:
         """``s_c . f_hw`` for all b, c, hw: (B, C, HW), one batched matmul on the (B, D, HW)
         map as it is stored (the class vectors are broadcast, the map is not copied)."""
-        b = fmap.shape[0]
-        s = semantics.to(fmap.dtype) if semantics.dtype != fmap.dtype else semantics
-        return torch.bmm(s.expand(b, -1, -1), fmap.flatten(2))
+        s = semantics.to(fmap.dtype).expand(fmap.shape[0], -1, -1)
+        return torch.bmm(s, fmap.flatten(2))
 
 
 class ClassWiseLinear(nn.Module):
