@@ -24,6 +24,7 @@ from mlrkit.data.cache import (
     default_transform,
     extract_features,
     images_hash,
+    weights_digest,
 )
 from mlrkit.labels import LabelSpace
 
@@ -107,7 +108,8 @@ def test_key_and_name():
     bb, ds = Tiny(), Pictures(4)
     tf = default_transform(bb)
     key = cache_key(bb, ds, tf)
-    assert key["backbone"] == "tiny" and key["weights_id"] == "tiny-seed0"
+    assert key["backbone"] == "tiny" and key["weights"] == weights_digest(bb)
+    assert weights_digest(Tiny()) == key["weights"] != weights_digest(Tiny(seed=1))
     assert "Normalize(mean=(0.5, 0.5, 0.5)" in key["transform"] and "(16, 16)" in key["transform"]
     import hashlib
 
@@ -131,7 +133,7 @@ def test_stale_key_is_refused(tmp_path):
         FeatureCache.open(tmp_path / "c", expected_key=cache_key(bb, Pictures(6, seed=1), tf))
     relabeled = ds.with_targets(-ds.targets)  # same images, other labels: same features
     assert FeatureCache.open(tmp_path / "c", expected_key=cache_key(bb, relabeled, tf)).key == key
-    with pytest.raises(StaleCacheError, match="weights_id"):
+    with pytest.raises(StaleCacheError, match="weights: cached"):
         FeatureCache.open(tmp_path / "c", expected_key=cache_key(Tiny(seed=1), ds, tf))
     # extracting with another transform rebuilds the cache instead of reusing it
     rebuilt = extract_features(bb, ds, tmp_path / "c", transform=tf2, progress=False)

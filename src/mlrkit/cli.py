@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override keys of the checkpoint's config, e.g. data.val.root=/x")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out bad label lines and unreadable images, listing them")
     _add_common(p)
 
     p = sub.add_parser("predict", help="label images with a trained checkpoint")
@@ -43,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--threshold", type=float, help="probability threshold for every class")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="go on past unreadable images, naming each one (on stderr, or as "
+                   "an \"error\" field with --json)")
+    p.add_argument("--max-image-pixels", type=int, metavar="N",
+                   help="Pillow's decompression-bomb limit (default: the checkpoint's "
+                   "data.max_image_pixels, else Pillow's; 0: no limit)")
     _add_common(p)
 
     p = sub.add_parser("extract-features",
@@ -50,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML config naming backbone and data")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
     p.add_argument("--split", choices=["train", "val", "both"], default="both")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out bad label lines and unreadable images, listing them")
     _add_common(p)
 
     p = sub.add_parser("demo", help="the embedded demo: Fashion-MNIST mosaics, frozen "
@@ -96,7 +106,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .engine.evaluation import evaluate_checkpoint
 
-    report, names = evaluate_checkpoint(args.checkpoint, args.set)
+    overrides = args.set + (["data.skip_bad=true"] if args.skip_bad else [])
+    report, names = evaluate_checkpoint(args.checkpoint, overrides)
+    _print_skipped(getattr(report, "skipped", []))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
     else:
@@ -107,14 +119,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import Predictor
 
-    pred = Predictor.from_checkpoint(args.checkpoint)
-    for res in pred.predict(args.images, threshold=args.threshold):
+    pred = Predictor.from_checkpoint(args.checkpoint, max_image_pixels=args.max_image_pixels)
+    skipped = 0
+    for res in pred.iter_predict(args.images, threshold=args.threshold,
+                                 skip_bad=args.skip_bad):
         if args.json:
-            print(json.dumps(res.to_dict()))
+            print(json.dumps(res.to_dict()), flush=True)
+        elif res.error is not None:
+            print(f"skipped {res.error}", file=sys.stderr)
         else:
             top = ", ".join(f"{n} {res.scores[n]:.2f}" for n in res.labels) or "(none)"
-            print(f"{res.image}: {top}")
+            print(f"{res.image}: {top}", flush=True)
+        skipped += res.error is not None
+    if skipped:
+        print(f"{skipped} of {len(args.images)} images skipped (unreadable)", file=sys.stderr)
     return 0
+
+
+def _print_skipped(skipped: list[str]) -> None:
+    if skipped:
+        print(f"skipped {len(skipped)} bad label lines / images:", file=sys.stderr)
+        for item in skipped:
+            print(f"  {item}", file=sys.stderr)
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
@@ -122,12 +148,14 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from .engine import builders
     from .engine.distributed import DistInfo
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.set + (["data.skip_bad=true"] if args.skip_bad else []))
     cfg.data.cache = True
     info = DistInfo()
     device = builders.resolve_device(cfg.train.device, info)
     splits = ["train", "val"] if args.split == "both" else [args.split]
     datasets = {s: builders.load_split(cfg, s) for s in splits}
+    for ds in datasets.values():
+        _print_skipped(ds.info.get("skipped", []))
     from .model import create_model
 
     # the cache depends on the backbone alone, so a plain head suffices to hold it
@@ -175,6 +203,22 @@ _COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict,
              "list-models": _cmd_list}
 
 
+def error_line(e: BaseException) -> str:
+    """One line for the user: the message's first line, or for an error re-raised from a
+    DataLoader worker (``Caught X in DataLoader worker process N. Original Traceback...``)
+    the original error's own message, which names the file."""
+    text = str(e).strip()
+    if not text:
+        return type(e).__name__
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if "Original Traceback" in text and len(lines) > 1:
+        last = lines[-1].strip()
+        head, sep, rest = last.partition(": ")
+        is_type = sep and head.replace(".", "").replace("_", "").isalnum()
+        return rest if is_type else last
+    return lines[0]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -189,8 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - one line for the user; --debug shows all
         if args.debug:
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"mlrkit {args.command}: error: {msg}", file=sys.stderr)
+        print(f"mlrkit {args.command}: error: {error_line(e)}", file=sys.stderr)
         print("(run again with --debug for the traceback)", file=sys.stderr)
         return 1
 

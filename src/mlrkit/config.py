@@ -44,7 +44,10 @@ class DataConfig:
     cache_dtype: str = "float16"
     protocol: str | None = None  # label protocol of the training targets: a file or a spec
     augment: dict[str, Any] = field(default_factory=dict)  # randaugment, cutout, ...
-    skip_bad: bool = False
+    skip_bad: bool = False  # skip bad label lines and unreadable images, listing them
+    # Pillow's decompression-bomb limit in pixels (an image over twice it is refused);
+    # null: Pillow's default (89.5 M), 0: no limit
+    max_image_pixels: int | None = None
 
 
 @dataclass
@@ -79,7 +82,9 @@ class SchedConfig:
 class TrainConfig:
     epochs: int = 10
     grad_clip: float = 0.0
-    amp: str = "none"  # none | bf16 | fp16
+    # auto | none | bf16 | fp16; auto: bf16 on a GPU that has it (else fp16), bf16 on a CPU
+    # with native bf16 matmuls (AVX512-BF16 / AMX / Arm BF16), else none (engine/precision.py)
+    amp: str = "auto"
     ema: float = 0.0  # decay of the weight EMA; 0 disables it
     early_stop: int = 0  # epochs without mAP improvement before stopping; 0 disables it
     device: str = "auto"
@@ -120,10 +125,48 @@ class Config:
 _ENUMS = {
     "optim.name": ("sgd", "adam", "adamw"),
     "sched.name": ("none", "step", "cosine", "onecycle", "plateau"),
-    "train.amp": ("none", "bf16", "fp16"),
+    "train.amp": ("auto", "none", "bf16", "fp16"),
     "eval.ap_mode": ("sklearn", "voc", "voc11"),
     "data.cache_dtype": ("float16", "float32", "bfloat16"),
 }
+
+
+# Numeric limits: key -> ((comparison, bound), ...); every one must hold.
+_BOUNDS: dict[str, tuple[tuple[str, float], ...]] = {
+    "seed": ((">=", 0),),
+    "data.image_size": ((">=", 1),),
+    "data.batch_size": ((">=", 1),),
+    "data.eval_batch_size": ((">=", 0),),
+    "data.num_workers": ((">=", 0),),
+    "data.max_image_pixels": ((">=", 0),),
+    "optim.lr": ((">=", 0),),
+    "optim.weight_decay": ((">=", 0),),
+    "optim.momentum": ((">=", 0),),
+    "optim.backbone_lr_mult": ((">=", 0),),
+    "sched.step_size": ((">=", 1),),
+    "sched.gamma": ((">", 0),),
+    "sched.warmup_epochs": ((">=", 0),),
+    "sched.min_lr": ((">=", 0),),
+    "sched.pct_start": ((">=", 0), ("<=", 1)),
+    "sched.factor": ((">", 0), ("<", 1)),
+    "sched.patience": ((">=", 0),),
+    "train.epochs": ((">=", 1),),
+    "train.grad_clip": ((">=", 0),),
+    "train.ema": ((">=", 0), ("<", 1)),
+    "train.early_stop": ((">=", 0),),
+    "eval.threshold": ((">", 0), ("<", 1)),
+    "eval.top_k": ((">=", 0),),
+}
+_COMPARE = {">=": lambda v, b: v >= b, ">": lambda v, b: v > b,
+            "<=": lambda v, b: v <= b, "<": lambda v, b: v < b}
+
+
+def _check_bounds(key: str, value: Any) -> None:
+    rules = _BOUNDS.get(key)
+    if rules and value is not None and not all(_COMPARE[op](value, bound)
+                                                for op, bound in rules):
+        limits = " and ".join(f"{op} {bound:g}" for op, bound in rules)
+        raise ConfigError(f"{key}: must be {limits}, got {value!r}")
 
 
 def _check_value(value: Any, tp: Any, key: str) -> Any:
@@ -193,6 +236,7 @@ def _from_dict(cls: type, data: Any, prefix: str = "") -> Any:
         kwargs[k] = _check_value(v, hints[k], key)
         if key in _ENUMS and kwargs[k] not in _ENUMS[key]:
             raise ConfigError(f"{key}: {kwargs[k]!r} is not one of {', '.join(_ENUMS[key])}")
+        _check_bounds(key, kwargs[k])
     return cls(**kwargs)
 
 

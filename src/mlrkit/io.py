@@ -85,17 +85,98 @@ def file_digest(path: str | os.PathLike[str], length: int = 12) -> str:
     return h.hexdigest()[:length]
 
 
-def open_rgb(path: str | os.PathLike[str]) -> Any:
-    """Decode an image file as RGB; ``FileNotFoundError`` / ``ValueError`` name the file."""
+def open_rgb(path: str | os.PathLike[str], max_pixels: int | None = None) -> Any:
+    """Decode an image file as RGB; ``FileNotFoundError`` / ``ValueError`` name the file.
+
+    ``max_pixels`` sets Pillow's decompression-bomb limit for this process first (``None``:
+    keep the current one, ``0``: no limit); a bigger image is refused with the file named.
+    """
     from PIL import Image
 
+    if max_pixels is not None:
+        Image.MAX_IMAGE_PIXELS = int(max_pixels) or None
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: image file not found") from None
-    except OSError as e:
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{path}: not decoded: {e.args[0].split(',')[0]} (Pillow's guard "
+                         "against decompression bombs); if the image is genuine, raise the "
+                         "limit with data.max_image_pixels=N (0: no limit) or mlrkit predict "
+                         "--max-image-pixels N") from None
+    except (OSError, SyntaxError) as e:
         raise ValueError(f"{path}: cannot decode image ({e})") from None
+
+
+class FileLock:
+    """An exclusive (or shared) ``fcntl`` lock on ``path``, held while the object is entered.
+
+    ``blocking=False`` raises ``LockedError`` at once when another process holds the lock.
+    The lock dies with the process (a killed run never leaves a stale lock). On platforms
+    without ``fcntl`` it does nothing.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], shared: bool = False,
+                 blocking: bool = True, what: str = "") -> None:
+        self.path = Path(path)
+        self.shared = shared
+        self.blocking = blocking
+        self.what = what or str(self.path)
+        self._fd: int | None = None
+
+    def acquire(self) -> FileLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        flags = (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | (
+            0 if self.blocking else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, flags)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise LockedError(f"{self.what}: in use by another mlrkit process"
+                              f"{f' (pid {holder})' if holder else ''}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        if not self.shared:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> FileLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class LockedError(RuntimeError):
+    """Another process holds the lock of a run directory or feature cache."""
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the ``.<name>.*.tmp`` files that ``atomic_write`` leaves when its process is
+    killed mid-write; call it only while holding the folder's lock. Returns what it removed."""
+    removed = []
+    folder = Path(folder)
+    if folder.is_dir():
+        for p in folder.glob(".*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -81,6 +81,9 @@ class MLRLoss(nn.Module):
         return logits, (t == 1).to(dt), (t == -1).to(dt), (t == 0).to(dt)
 
     def _reduce(self, total: torch.Tensor, count: torch.Tensor | float) -> torch.Tensor:
+        # the unit count of the last call: the trainer sums it over DDP ranks so that a
+        # mean over the global batch is the same on N ranks as on one process
+        self.last_count = count
         if self.reduction == "sum":
             return total
         if isinstance(count, torch.Tensor):

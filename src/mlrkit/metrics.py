@@ -6,6 +6,12 @@ Conventions shared by every function here:
   An entry whose target is ``0`` is **ignored**: it is neither a true nor a false positive,
   it does not count as a positive to be found, and it does not occupy a rank in AP (it is
   removed from the ranking, which gives the same AP as the VOC devkit's "difficult" handling).
+* 0/1 targets (scikit-learn's convention) would read as "positives and unknowns, no
+  negatives" and give meaningless numbers (mAP 1.0 for random scores). So targets that hold
+  a ``0`` but not a single ``-1`` are refused with ``ValueError`` unless the caller says what
+  0 means: ``zero_means="negative"`` (0 is read as -1, scikit-learn style) or
+  ``zero_means="unknown"`` (0 ignored as above; for partial labels that happen to have no
+  negative). Targets of only ``1`` and ``-1``, or only ``1``, need no such word.
 * Every metric value is a **fraction in [0, 1]** (not percent). ``EvaluationReport.format_table``
   is the one place that prints them multiplied by 100, with ``(%)`` in the header.
 * Scores may be torch tensors or numpy arrays. Ranking metrics (AP, top-k) take any real
@@ -45,6 +51,7 @@ __all__ = [
 APMode = Literal["sklearn", "voc", "voc11"]
 AP_MODES: tuple[str, ...] = ("sklearn", "voc", "voc11")
 Empty = Literal["nan", "zero"]
+ZeroMeans = Literal["unknown", "negative"]
 
 # VOC2007 11-point recall levels, computed as k * 0.1 in float64 exactly like the devkit's
 # ``np.arange(0., 1.1, 0.1)`` (so 0.30000000000000004, not 0.3).
@@ -87,18 +94,43 @@ def _as_scores(scores: Any, name: str = "scores") -> np.ndarray:
     return s
 
 
-def _check_pair(scores: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
+def _check_pair(scores: Any, targets: Any, zero_means: ZeroMeans | None = None,
+                ) -> tuple[np.ndarray, np.ndarray]:
     s = _as_scores(scores)
     t = _to_numpy(targets)
+    lo: int | None = None
     if t.dtype == np.int8 and t.ndim == 2 and t.size > 0:
-        if int(t.min()) < -1 or int(t.max()) > 1:  # int8 in [-1, 1] is exactly {-1, 0, 1}
+        lo = int(t.min())
+        if lo < -1 or int(t.max()) > 1:  # int8 in [-1, 1] is exactly {-1, 0, 1}
             validate_targets(torch.from_numpy(t))
     else:
         t = validate_targets(torch.as_tensor(t)).numpy()
     if t.shape != s.shape:
         raise ValueError(f"scores have shape {tuple(s.shape)} but targets have shape "
                          f"{tuple(t.shape)}; both must be (N, C) for the same images and classes")
-    return s, t
+    return s, _read_zeros(t, int(t.min()) if lo is None else lo, zero_means)
+
+
+def _read_zeros(t: np.ndarray, lo: int, zero_means: ZeroMeans | None) -> np.ndarray:
+    """Apply ``zero_means`` to valid int8 targets whose smallest value is ``lo``.
+
+    ``lo == 0`` means: some 0 and no -1, the look of 0/1 labels; refused unless
+    ``zero_means`` says how to read the 0s.
+    """
+    if zero_means is None:
+        if lo == 0:
+            raise ValueError(
+                "targets: they contain 0 but no -1, so they look like 0/1 labels; mlrkit reads "
+                "1 / -1 / 0 as positive / negative / unknown, and 0/1 labels would leave no "
+                "negatives to score. Pass zero_means='negative' to read 0 as negative "
+                "(scikit-learn style), zero_means='unknown' if the 0s really are unknown, or "
+                "use -1 for negatives")
+        return t
+    if zero_means == "unknown":
+        return t
+    if zero_means == "negative":
+        return np.where(t == 0, np.int8(-1), t) if lo <= 0 else t
+    raise ValueError(f"zero_means must be 'unknown', 'negative' or None, got {zero_means!r}")
 
 
 def _check_probs(s: np.ndarray) -> None:
@@ -322,7 +354,8 @@ def _average_precision(s: np.ndarray, t: np.ndarray, mode: str, empty: str) -> n
 
 
 def average_precision(scores: Any, targets: Any, mode: APMode = "sklearn",
-                      empty: Empty = "nan") -> torch.Tensor:
+                      empty: Empty = "nan", zero_means: ZeroMeans | None = None,
+                      ) -> torch.Tensor:
     """Per-class average precision, a float64 tensor (C,) of fractions in [0, 1].
 
     ``scores``: any real scores (logits or probabilities), higher = more likely present.
@@ -338,18 +371,21 @@ def average_precision(scores: Any, targets: Any, mode: APMode = "sklearn",
       ``max_{R >= t} P`` (0 when no point reaches ``t``).
 
     Classes without a positive target are NaN (``empty="nan"``) or 0 (``empty="zero"``).
+    ``zero_means``: how to read 0 targets when there is no -1 (module notes; None refuses).
     Two sorts per class and binary searches in the sorted rows; see :func:`_ap_block`.
     """
-    s, t = _check_pair(scores, targets)
+    s, t = _check_pair(scores, targets, zero_means)
     return torch.from_numpy(_average_precision(s, t, mode, empty))
 
 
 def mean_average_precision(scores: Any, targets: Any, mode: APMode = "sklearn",
-                           empty: Empty = "nan") -> float:
+                           empty: Empty = "nan", zero_means: ZeroMeans | None = None,
+                           ) -> float:
     """mAP (fraction in [0, 1]): mean of :func:`average_precision` over the classes with at
     least one positive (``empty="nan"``), or over all classes with empty ones as 0
-    (``empty="zero"``). Raises ``ValueError`` when no class has a positive."""
-    s, t = _check_pair(scores, targets)
+    (``empty="zero"``). Raises ``ValueError`` when no class has a positive. ``zero_means``
+    as in :func:`average_precision`."""
+    s, t = _check_pair(scores, targets, zero_means)
     return _mean_valid(_average_precision(s, t, mode, empty))
 
 
@@ -404,7 +440,8 @@ def _topk_mask(s: np.ndarray, k: int) -> np.ndarray:
 
 def threshold_metrics(scores: Any, targets: Any, threshold: float = 0.5,
                       top_k: int | None = None,
-                      scores_are: Literal["probs", "logits"] = "probs") -> dict[str, float]:
+                      scores_are: Literal["probs", "logits"] = "probs",
+                      zero_means: ZeroMeans | None = None) -> dict[str, float]:
     """CP, CR, CF1, OP, OR, OF1 (fractions in [0, 1]) at a probability ``threshold``.
 
     ``scores`` are probabilities (``scores_are="probs"``) or logits (compared with
@@ -418,9 +455,10 @@ def threshold_metrics(scores: Any, targets: Any, threshold: float = 0.5,
     * ``OP = sum N_c / sum N_p`` (0 when nothing is predicted), ``OR = sum N_c / sum N_g``,
       ``OF1 = 2 OP OR / (OP + OR)``.
 
-    Entries whose target is 0 are ignored (a prediction there is neither right nor wrong).
+    Entries whose target is 0 are ignored (a prediction there is neither right nor wrong);
+    ``zero_means="negative"`` reads them as negatives instead (needed to accept 0/1 targets).
     """
-    s, t = _check_pair(scores, targets)
+    s, t = _check_pair(scores, targets, zero_means)
     pred = _predicted(s, threshold, scores_are)
     if top_k is not None:
         pred = pred & _topk_mask(s, top_k)
@@ -480,7 +518,9 @@ class EvaluationReport:
         lines.append(f"(AP mode {self.ap_mode}, threshold {self.threshold:g}"
                      + (f", top-{self.top_k}" if self.top_k else "")
                      + f", {self.num_images} images, {self.num_classes_with_positives}/"
-                     f"{self.num_classes} classes with positives; 0 targets ignored)")
+                     f"{self.num_classes} classes with positives; 0 targets "
+                     + ("read as negative)" if self.unknown_targets.startswith("read as negative")
+                        else "ignored)"))
         if label_names is not None:
             names = list(label_names)
             if len(names) != self.num_classes:
@@ -499,15 +539,16 @@ class EvaluationReport:
 def evaluate(scores: Any, targets: Any, threshold: float = 0.5, top_k: int | None = None,
              ap_mode: APMode = "sklearn",
              scores_are: Literal["probs", "logits"] = "probs",
-             empty: Empty = "nan") -> EvaluationReport:
+             empty: Empty = "nan", zero_means: ZeroMeans | None = None) -> EvaluationReport:
     """mAP and CP, CR, CF1, OP, OR, OF1 (and their top-k variants) in one report.
 
     ``scores`` (N, C) are probabilities (``scores_are="probs"``, checked to lie in [0, 1]) or
     logits (``scores_are="logits"``); ``targets`` (N, C) in {1, -1, 0}, 0 ignored everywhere.
     All values are fractions in [0, 1]. ``top_k`` adds ``CP_top{k}`` ... ``OF1_top{k}``
-    (k highest scores of each image that also pass ``threshold``).
+    (k highest scores of each image that also pass ``threshold``). Targets with 0 but no -1
+    (0/1 labels) need ``zero_means``: ``"negative"`` (scikit-learn style) or ``"unknown"``.
     """
-    s, t = _check_pair(scores, targets)
+    s, t = _check_pair(scores, targets, zero_means)
     if ap_mode not in AP_MODES:
         raise ValueError(f"unknown AP mode {ap_mode!r}; choose one of {', '.join(AP_MODES)}")
     if empty not in ("nan", "zero"):
@@ -526,20 +567,24 @@ def evaluate(scores: Any, targets: Any, threshold: float = 0.5, top_k: int | Non
         top_k=None if top_k is None else int(top_k), scores_are=scores_are,
         empty_classes=empty, num_images=int(s.shape[0]), num_classes=int(s.shape[1]),
         num_classes_with_positives=npos,
+        unknown_targets=("read as negative (zero_means='negative')" if zero_means == "negative"
+                         else EvaluationReport.unknown_targets),
         choices={"class_averages": "CP/CR over classes with >= 1 positive",
                  "no_prediction_precision": "N_c / max(N_p, 1) (ML-GCN)"})
 
 
 # ------------------------------------------------------------------------------ zero-shot
-def topk_prf(scores: Any, targets: Any, k: int) -> tuple[float, float, float]:
+def topk_prf(scores: Any, targets: Any, k: int, zero_means: ZeroMeans | None = None,
+             ) -> tuple[float, float, float]:
     """Micro precision, recall and F1 (fractions) of the top-``k`` labels of every image.
 
     The BiAM / SigRL "overall" convention: each image predicts its ``k`` highest-scoring labels
     (any real scores; ties at the k-th place broken by ``torch.topk``), pooled over all images:
     ``P = TP / #predictions``, ``R = TP / #positives``, ``F1 = 2PR / (P + R)``. A prediction on
     an unknown (0) entry is not counted; with full labels ``#predictions = N k`` as in BiAM.
+    ``zero_means`` as in :func:`evaluate` (needed for 0/1 targets).
     """
-    s, t = _check_pair(scores, targets)
+    s, t = _check_pair(scores, targets, zero_means)
     pred = _topk_mask(s, k) & (t != 0)
     tp = float(np.count_nonzero(pred & (t == 1)))
     npred = float(np.count_nonzero(pred))
@@ -580,7 +625,8 @@ class ZeroShotReport:
 
 
 def zero_shot_metrics(scores: Any, targets: Any, unseen: Any, ks: Sequence[int] = (3, 5),
-                      ap_mode: APMode = "sklearn", empty: Empty = "zero") -> ZeroShotReport:
+                      ap_mode: APMode = "sklearn", empty: Empty = "zero",
+                      zero_means: ZeroMeans | None = None) -> ZeroShotReport:
     """Zero-shot evaluation (BiAM / SigRL convention) over all images given.
 
     ``scores`` / ``targets`` (N, C) cover every label (seen and unseen); ``unseen`` is a
@@ -588,9 +634,10 @@ def zero_shot_metrics(scores: Any, targets: Any, unseen: Any, ks: Sequence[int] 
     all columns (925 + 81). For each: ``mAP`` and, for each k in ``ks``, top-k micro
     ``P@k, R@k, F1@k`` (:func:`topk_prf`). By default a class without any positive counts
     as AP 0 in the mean (``empty="zero"``, as BiAM's ``compute_AP`` does); ``empty="nan"``
-    leaves such classes out instead. Values are fractions in [0, 1].
+    leaves such classes out instead. Values are fractions in [0, 1]. ``zero_means`` as in
+    :func:`evaluate` (needed for 0/1 targets).
     """
-    s, t = _check_pair(scores, targets)
+    s, t = _check_pair(scores, targets, zero_means)
     m = _to_numpy(unseen)
     if m.dtype != np.bool_:
         raise ValueError(f"unseen: expected a boolean mask of length {s.shape[1]}, got dtype "
@@ -606,7 +653,8 @@ def zero_shot_metrics(scores: Any, targets: Any, unseen: Any, ks: Sequence[int] 
             raise ValueError("zero-shot metrics: no positive target (1) among these labels")
         out = {"mAP": float(np.nanmean(_average_precision(sc, tg, ap_mode, empty)))}
         for k in ks:
-            p, r, f = topk_prf(sc, tg, int(k))
+            # the targets are already read; a column subset may lack -1 by chance
+            p, r, f = topk_prf(sc, tg, int(k), zero_means="unknown")
             out.update({f"P@{k}": p, f"R@{k}": r, f"F1@{k}": f})
         return out
 

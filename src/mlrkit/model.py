@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import operator
 from typing import Any
 
 import torch
@@ -63,6 +65,9 @@ def create_model(
     from .backbones.base import CachedFeatures
 
     head_cls = METHODS.get(name)
+    _check_method_options(head_cls, method_options)
+    if num_classes is not None:
+        num_classes = _positive_count(num_classes)
     if isinstance(backbone, Backbone):
         bb = backbone
     elif backbone == "cached":
@@ -76,6 +81,8 @@ def create_model(
     if num_classes is None:
         if label_embeddings is not None:
             num_classes = int(label_embeddings.shape[0])
+            if num_classes < 1:
+                raise ValueError("create_model: num_classes is 0 (label_embeddings has no rows)")
         else:
             raise ValueError("create_model: give num_classes (or label_embeddings)")
     if label_embeddings is not None:
@@ -94,3 +101,42 @@ def create_model(
                     label_embeddings=label_embeddings, label_graph=label_graph,
                     **method_options)
     return MLRModel(bb, head, name)
+
+
+def _positive_count(num_classes: Any) -> int:
+    try:
+        n = operator.index(num_classes)
+    except TypeError:
+        n = 0
+    if n < 1 or isinstance(num_classes, bool):
+        raise ValueError(f"create_model: num_classes must be a positive integer, "
+                         f"got {num_classes!r}")
+    return n
+
+
+# given by create_model itself, never through method options
+_HEAD_ARGS = frozenset({"self", "in_dim", "num_classes", "label_embeddings", "label_graph"})
+
+
+def method_option_names(head_cls: type) -> list[str] | None:
+    """The options a head class takes (sorted), or None when it takes any keyword."""
+    params = inspect.signature(head_cls.__init__).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return sorted(p.name for p in params if p.name not in _HEAD_ARGS
+                  and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                 inspect.Parameter.KEYWORD_ONLY))
+
+
+class UnknownOptionError(ValueError):
+    """A method option the head does not take; the message starts with ``options.<key>``."""
+
+
+def _check_method_options(head_cls: type, options: dict[str, Any]) -> None:
+    allowed = method_option_names(head_cls)
+    if allowed is None:
+        return
+    for key in options:
+        if key not in allowed:
+            raise UnknownOptionError(f"options.{key}: unknown key; "
+                                     f"allowed: {', '.join(allowed)}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,11 @@ class Prediction:
     labels: list[str]  # names whose score passes the class threshold, highest first
     scores: dict[str, float]  # every class's probability
     attention: torch.Tensor | None = field(default=None, repr=False)  # (C, h, w)
+    error: str | None = None  # why the image was skipped (``skip_bad``); then no scores
 
     def to_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"image": self.image, "error": self.error}
         return {"image": self.image, "labels": self.labels, "scores": self.scores}
 
 
@@ -31,12 +34,35 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu"
                ) -> tuple[MLRModel, Config, dict[str, Any]]:
     """Rebuild the model a checkpoint was trained as and load its weights."""
     from .engine.builders import build_model
-    from .engine.checkpoint import SEMANTIC_KEYS, load_checkpoint
+    from .engine.checkpoint import SEMANTIC_KEYS, load_checkpoint, resolve_checkpoint
 
     state, meta = load_checkpoint(checkpoint)
+    weights = resolve_checkpoint(checkpoint)
+    n = len(meta["label_names"])
+
+    def mismatch(key: str, got: tuple[int, ...], want: tuple[int, ...]) -> RuntimeError:
+        # the class count is the axis where the model expects n and the file differs
+        m = next((g for g, w in zip(got, want) if w == n and g != w), None)
+        if m is None or len(got) != len(want):
+            return RuntimeError(f"{weights}: weights do not fit the model built from "
+                                f"{weights.with_suffix('.json').name}: {key} has shape "
+                                f"{got} in the file, the model expects {want}")
+        return RuntimeError(f"{weights}: {weights.with_suffix('.json').name} lists {n} "
+                            f"classes but the weights have {m} ({key}: {got} in the file, "
+                            f"{want} for {n} classes); the two files come from different "
+                            "runs or one was edited")
+
     cfg = config_from_dict(meta["config"])
     semantics = {k.split(".", 1)[1]: state.pop(k, None) for k in SEMANTIC_KEYS}
-    model = build_model(cfg, len(meta["label_names"]), semantics, pretrained=False)
+    for key, value in semantics.items():  # checked before they reach create_model
+        if value is not None and value.shape[0] != n:
+            want = (n, n) if key == "graph" else (n, *value.shape[1:])
+            raise mismatch(f"__semantics__.{key}", tuple(value.shape), want)
+    model = build_model(cfg, n, semantics, pretrained=False)
+    expected = model.state_dict()
+    for key, want in expected.items():  # the first misfit in the model's own order
+        if key in state and state[key].shape != want.shape:
+            raise mismatch(key, tuple(state[key].shape), tuple(want.shape))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise RuntimeError(f"{checkpoint}: weights do not fit the model "
@@ -48,7 +74,8 @@ class Predictor:
     """``Predictor.from_checkpoint(run_dir).predict(["a.jpg", ...])``."""
 
     def __init__(self, model: MLRModel, labels: LabelSpace, thresholds: Sequence[float],
-                 image_size: int, device: str | torch.device = "cpu") -> None:
+                 image_size: int, device: str | torch.device = "cpu",
+                 max_image_pixels: int | None = None) -> None:
         import dataclasses
 
         from .data.transforms import transform_for
@@ -57,44 +84,79 @@ class Predictor:
         self.labels = labels
         self.thresholds = torch.as_tensor(list(thresholds), dtype=torch.float32)
         self.device = torch.device(device)
+        self.max_image_pixels = max_image_pixels
         prep = dataclasses.replace(model.backbone.preprocessing, image_size=image_size)
         self.transform = transform_for(prep, train=False)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto") -> Predictor:
+    def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto",
+                        max_image_pixels: int | None = None) -> Predictor:
+        """``max_image_pixels`` overrides the checkpoint config's ``data.max_image_pixels``."""
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model, cfg, meta = load_model(checkpoint, device)
+        limit = max_image_pixels if max_image_pixels is not None else getattr(
+            cfg.data, "max_image_pixels", None)
         return cls(model, LabelSpace(tuple(meta["label_names"])), meta["thresholds"],
-                   cfg.data.image_size, device)
+                   cfg.data.image_size, device, limit)
 
-    @staticmethod
-    def _open(img: str | Path | Image.Image) -> Image.Image:
+    def _open(self, img: str | Path | Image.Image) -> Image.Image:
         if isinstance(img, Image.Image):
             return img.convert("RGB")
-        return open_rgb(img)
+        return open_rgb(img, self.max_image_pixels)
+
+    def predict(self, images: str | Path | Image.Image | Sequence[str | Path | Image.Image],
+                threshold: float | None = None, batch_size: int = 8, attention: bool = False,
+                skip_bad: bool = False) -> list[Prediction]:
+        """One ``Prediction`` per image (a single path or image is one image). Scores are
+        probabilities (sigmoid of logits); ``threshold`` overrides the checkpoint's
+        per-class thresholds. An image that cannot be read raises ``DataError`` naming
+        it, or with ``skip_bad`` gives a ``Prediction`` with ``error`` set and no scores."""
+        return list(self.iter_predict(images, threshold, batch_size, attention, skip_bad))
 
     @torch.no_grad()
-    def predict(self, images: Sequence[str | Path | Image.Image], threshold: float | None = None,
-                batch_size: int = 8, attention: bool = False) -> list[Prediction]:
-        """Scores are probabilities (sigmoid of logits); ``threshold`` overrides the
-        checkpoint's per-class thresholds."""
-        out: list[Prediction] = []
+    def iter_predict(self, images: str | Path | Image.Image | Sequence[str | Path | Image.Image],
+                     threshold: float | None = None, batch_size: int = 8,
+                     attention: bool = False, skip_bad: bool = False) -> Iterator[Prediction]:
+        """``predict`` as a generator: results come out batch by batch, in input order."""
+        from .data.base import DataError
+
+        if isinstance(images, str | Path | Image.Image):
+            images = [images]
+        images = list(images)
         thr = (self.thresholds if threshold is None
                else torch.full_like(self.thresholds, float(threshold)))
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            batch = torch.stack([self.transform(self._open(im)) for im in chunk]).to(self.device)
-            res = self.model(batch)
-            probs = torch.sigmoid(res.logits.float()).cpu()
-            for j, im in enumerate(chunk):
-                p = probs[j]
+            names = [str(im) if not isinstance(im, Image.Image) else f"<image {start + j}>"
+                     for j, im in enumerate(chunk)]
+            tensors: list[torch.Tensor | None] = []
+            errors: list[str | None] = []
+            for im in chunk:
+                try:
+                    tensors.append(self.transform(self._open(im)))
+                    errors.append(None)
+                except (FileNotFoundError, ValueError) as e:
+                    if not skip_bad:
+                        raise DataError(f"{e} (pass skip_bad=True / --skip-bad to skip "
+                                        "unreadable images)") from None
+                    tensors.append(None)
+                    errors.append(str(e))
+            good = [t for t in tensors if t is not None]
+            if good:
+                res = self.model(torch.stack(good).to(self.device))
+                probs = torch.sigmoid(res.logits.float()).cpu()
+            k = 0
+            for j, name in enumerate(names):
+                if errors[j] is not None:
+                    yield Prediction(image=name, labels=[], scores={}, error=errors[j])
+                    continue
+                p = probs[k]
                 order = torch.argsort(p, descending=True)
                 chosen = [self.labels.names[i] for i in order.tolist() if p[i] >= thr[i]]
-                att = res.attention[j].cpu() if attention and res.attention is not None else None
-                out.append(Prediction(
-                    image=str(im) if not isinstance(im, Image.Image) else f"<image {start + j}>",
-                    labels=chosen,
+                att = res.attention[k].cpu() if attention and res.attention is not None else None
+                k += 1
+                yield Prediction(
+                    image=name, labels=chosen,
                     scores={n: float(v) for n, v in zip(self.labels.names, p.tolist())},
-                    attention=att))
-        return out
+                    attention=att)

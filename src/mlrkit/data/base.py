@@ -44,11 +44,14 @@ class MultiLabelDataset(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
+    #: Pillow's decompression-bomb limit for this dataset's images (None: Pillow's own)
+    max_image_pixels: int | None = None
+
     def load_image(self, i: int) -> Image.Image:
         if self.paths is None:
             raise DataError("this dataset has labels only (no image files)")
         try:
-            return open_rgb(self.paths[i])
+            return open_rgb(self.paths[i], self.max_image_pixels)
         except (FileNotFoundError, ValueError) as e:
             raise DataError(str(e)) from None
 
@@ -79,3 +82,62 @@ class MultiLabelDataset(Dataset):
             raise DataError(f"protocol has {len(new.targets)} rows, dataset {len(self)}")
         new.info = dict(self.info)
         return new
+
+
+def check_image(path: str | Path, max_pixels: int | None = None) -> str | None:
+    """``None`` when ``path`` decodes as an image, else the reason, naming the file.
+
+    Every byte of the file is decoded (a truncated JPEG fails here as it would in
+    training); JPEGs are decoded at reduced scale, which reads the whole stream faster.
+    """
+    from PIL import Image
+
+    try:
+        if max_pixels is not None:
+            Image.MAX_IMAGE_PIXELS = int(max_pixels) or None
+        with Image.open(path) as im:
+            if im.format == "JPEG":
+                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+            im.load()
+        return None
+    except Exception:  # noqa: BLE001 - the reason comes from open_rgb, which names the file
+        try:
+            open_rgb(path, max_pixels)
+        except (FileNotFoundError, ValueError) as e:
+            return str(e)
+        return None
+
+
+class _ImageCheck(Dataset):
+    def __init__(self, paths: Sequence[Path], max_pixels: int | None) -> None:
+        self.paths, self.max_pixels = paths, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> str:
+        return check_image(self.paths[i], self.max_pixels) or ""
+
+
+def drop_unreadable_images(ds: MultiLabelDataset, num_workers: int = 0,
+                           progress: bool = False) -> MultiLabelDataset:
+    """``ds`` without the rows whose image file is missing or does not decode; each one is
+    added to ``info["skipped"]`` as ``path: reason``. Datasets without image files (labels
+    only, images made from the index) are returned as they are."""
+    if ds.paths is None or len(ds) == 0:
+        return ds
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    loader = DataLoader(_ImageCheck(ds.paths, ds.max_image_pixels), batch_size=16,
+                        num_workers=num_workers, collate_fn=list)
+    reasons: list[str] = []
+    for chunk in tqdm(loader, desc="checking images", unit="batch", disable=not progress):
+        reasons.extend(chunk)
+    bad = [i for i, r in enumerate(reasons) if r]
+    if not bad:
+        return ds
+    badset = set(bad)
+    out = ds.subset([i for i in range(len(ds)) if i not in badset])
+    out.info["skipped"] = list(ds.info.get("skipped", [])) + [reasons[i] for i in bad]
+    return out

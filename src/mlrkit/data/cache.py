@@ -6,13 +6,18 @@ A cache is a folder::
     <path>/targets.npy    (N, C) int8
     <path>/index.json     key, ids, label names, shape, dtype
 
-The key names everything the maps depend on: backbone name, ``weights_id``, the transform's
-``repr``, a sha256 of the image ids + targets, and the mlrkit version. ``FeatureCache.open``
-refuses a cache whose key differs from the expected one (``StaleCacheError``).
+The key names everything the maps depend on: backbone name, a sha256 of the backbone's
+actual tensors (parameters and buffers, so two checkpoints that differ in one weight never
+share a cache, and the same weights loaded from anywhere do), the transform's ``repr``, a
+sha256 of the image ids and paths, and the mlrkit version. ``FeatureCache.open`` refuses a
+cache whose key differs from the expected one (``StaleCacheError``).
 
 Extraction writes into ``<path>.partial`` and records the rows done after every batch;
 an interrupted run resumes from the last completed batch, and the final rename publishes
-the cache, so a reader never sees a half-written one.
+the cache, so a reader never sees a half-written one. Writers hold an exclusive lock on
+``<path>.lock`` from the first check to the publication, readers a shared one while they
+open the files, so two runs that need the same new cache extract it once; a published
+cache that cannot be read is rebuilt, and temp files of killed writes are removed.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..io import atomic_write_text
+from ..io import FileLock, atomic_write_text, remove_stale_temps
 from ..labels import LabelSpace
 from .base import DataError
 
@@ -94,13 +99,28 @@ def _dataset_targets(dataset: Dataset) -> torch.Tensor:
     return torch.as_tensor(targets).to(torch.int8)
 
 
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 over a module's state dict: every tensor's name, dtype, shape and bytes.
+
+    Equal for equal weights however they were loaded (a pretrained file, a checkpoint), and
+    different as soon as one value differs.
+    """
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{t.numel()}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def cache_key(backbone: torch.nn.Module, dataset: Dataset,
               transform: Callable[[Any], Any] | None) -> dict[str, Any]:
     """Everything the cached maps depend on; two caches are interchangeable iff keys match."""
     return {
         "format": FORMAT,
         "backbone": backbone_name(backbone),
-        "weights_id": str(getattr(backbone, "weights_id", "unknown")),
+        "architecture": hashlib.sha256(repr(backbone).encode()).hexdigest()[:16],
+        "weights": weights_digest(backbone),
         "transform": repr(transform),
         "images": images_hash(_dataset_ids(dataset), getattr(dataset, "paths", None)),
         "mlrkit_version": _version(),
@@ -115,6 +135,12 @@ def cache_name(key: dict[str, Any]) -> str:
 
 def _partial(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
+
+
+def _lock(path: Path, shared: bool = False) -> FileLock:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path.with_name(path.name + ".lock"), shared=shared,
+                    what=f"feature cache {path}")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -193,8 +219,13 @@ class FeatureCache:
     def open(cls, path: str | os.PathLike[str],
              expected_key: dict[str, Any] | None = None) -> FeatureCache:
         """Open the cache at ``path``; ``StaleCacheError`` if its key differs from
-        ``expected_key`` in any field."""
+        ``expected_key`` in any field. Waits while a writer publishes it."""
         path = Path(path)
+        with _lock(path, shared=True):
+            return cls._open(path, expected_key)
+
+    @classmethod
+    def _open(cls, path: Path, expected_key: dict[str, Any] | None) -> FeatureCache:
         if not cls.exists(path):
             partial = _partial(path)
             if (partial / "progress.json").is_file():
@@ -271,6 +302,8 @@ def _labels_json(dataset: Dataset) -> dict[str, Any] | None:
 
 
 def _publish(partial: Path, path: Path) -> None:
+    """Swap ``partial`` in for ``path`` (caller holds the exclusive lock). Readers that
+    still have the old files mapped keep them until they close them."""
     old = path.with_name(path.name + ".old")
     if old.exists():
         shutil.rmtree(old)
@@ -279,6 +312,23 @@ def _publish(partial: Path, path: Path) -> None:
     os.replace(partial, path)
     if old.exists():
         shutil.rmtree(old)
+
+
+def _reusable(path: Path, key: dict[str, Any], dtype_name: str) -> FeatureCache | None:
+    """The published cache at ``path`` if it matches ``key`` and ``dtype_name``; ``None``
+    when there is none, it is stale, or it cannot be read (then it is rebuilt)."""
+    if not path.exists():
+        return None
+    try:
+        cache = FeatureCache._open(path, expected_key=key)
+    except StaleCacheError:
+        return None
+    except DataError as e:
+        import sys
+
+        print(f"feature cache {path}: unreadable ({e}); extracting it again", file=sys.stderr)
+        return None
+    return cache if cache.dtype == dtype_name else None
 
 
 def extract_features(backbone: torch.nn.Module, dataset: Dataset, path: str | os.PathLike[str],
@@ -299,17 +349,27 @@ def extract_features(backbone: torch.nn.Module, dataset: Dataset, path: str | os
     if transform is None:
         transform = getattr(dataset, "transform", None) or default_transform(backbone)
     key = cache_key(backbone, dataset, transform)
-    if FeatureCache.exists(path):
-        with contextlib.suppress(StaleCacheError):
-            cache = FeatureCache.open(path, expected_key=key)
-            if cache.dtype == dtype_name:
-                return cache
+    with _lock(path):  # one writer at a time; readers wait for the publication
+        cache = _reusable(path, key, dtype_name)
+        if cache is not None:
+            return cache
+        _extract(backbone, dataset, path, key, batch_size, num_workers, dtype_name, np_dtype,
+                 transform, progress, device)
+        return FeatureCache._open(path, expected_key=key)
+
+
+def _extract(backbone: torch.nn.Module, dataset: Dataset, path: Path, key: dict[str, Any],
+             batch_size: int, num_workers: int, dtype_name: str, np_dtype: np.dtype,
+             transform: Callable[[Any], Any], progress: bool,
+             device: torch.device | str | None) -> None:
+    """Fill ``<path>.partial`` (resuming it when its key matches) and publish it."""
     ids, targets = _dataset_ids(dataset), _dataset_targets(dataset)
     n = len(ids)
     if n == 0:
         raise DataError("extract_features: the dataset is empty")
 
     partial = _partial(path)
+    remove_stale_temps(partial)
     prog_path = partial / "progress.json"
     state: dict[str, Any] | None = None
     if prog_path.is_file():
@@ -384,8 +444,7 @@ def extract_features(backbone: torch.nn.Module, dataset: Dataset, path: str | os
     prog_path.unlink()
     os.chmod(partial / "index.json", 0o644)
     _publish(partial, path)
-    return FeatureCache.open(path, expected_key=key)
 
 
 __all__ = ["FeatureCache", "FeatureCacheDataset", "StaleCacheError", "cache_key", "cache_name",
-           "default_transform", "extract_features", "images_hash"]
+           "default_transform", "extract_features", "images_hash", "weights_digest"]

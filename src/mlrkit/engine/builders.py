@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config, ConfigError
 from ..data import MultiLabelDataset, load_dataset
 from ..model import MLRModel, create_model
 from ..structures import Features
-from .distributed import DistInfo
+from .distributed import DistInfo, GlobalBatchSampler
 
 
 def resolve_device(name: str, info: DistInfo) -> torch.device:
@@ -36,9 +36,26 @@ def load_split(cfg: Config, which: str) -> MultiLabelDataset:
         if "skip_bad" in inspect.signature(DATASETS.get(name)).parameters:
             spec["skip_bad"] = True
     try:
-        return load_dataset(name, **spec)
+        ds = load_dataset(name, **spec)
     except TypeError as e:
         raise ConfigError(f"data.{which}: {e}") from None
+    if len(ds) == 0:
+        at = "root" if spec.get("root") else "labels_file"  # where the images were looked for
+        root = spec.get(at) or "(no root given)"
+        opts = ", ".join(f"{k}={v!r}" for k, v in spec.items() if k not in (at, "skip_bad"))
+        raise ConfigError(f"data.{which}: dataset {name} at {root} has no images "
+                          f"({opts + '; ' if opts else ''}check the path, split and filters, "
+                          "and that the label file lists images)")
+    if isinstance(ds, MultiLabelDataset):
+        ds.max_image_pixels = cfg.data.max_image_pixels
+        if cfg.data.skip_bad:  # decode every image once; unreadable ones leave the split
+            from ..data.base import drop_unreadable_images
+
+            ds = drop_unreadable_images(ds, cfg.data.num_workers, cfg.train.progress)
+            if len(ds) == 0:
+                raise ConfigError(f"data.{which}: no image of dataset {name} could be read "
+                                  f"(first: {ds.info['skipped'][0]})")
+    return ds
 
 
 def apply_protocol(cfg: Config, ds: MultiLabelDataset) -> MultiLabelDataset:
@@ -79,13 +96,18 @@ def build_semantics(cfg: Config, train: MultiLabelDataset) -> dict[str, torch.Te
 
 def build_model(cfg: Config, num_classes: int, semantics: dict[str, torch.Tensor | None],
                 pretrained: bool | str | None = None) -> MLRModel:
+    from ..model import UnknownOptionError
+
     m = cfg.model
-    return create_model(
-        m.name, backbone=m.backbone,
-        pretrained=m.pretrained if pretrained is None else pretrained,
-        num_classes=num_classes, label_embeddings=semantics.get("embeddings"),
-        label_graph=semantics.get("graph"), freeze_backbone=m.freeze_backbone or cfg.data.cache,
-        **m.options)
+    try:
+        return create_model(
+            m.name, backbone=m.backbone,
+            pretrained=m.pretrained if pretrained is None else pretrained,
+            num_classes=num_classes, label_embeddings=semantics.get("embeddings"),
+            label_graph=semantics.get("graph"),
+            freeze_backbone=m.freeze_backbone or cfg.data.cache, **m.options)
+    except UnknownOptionError as e:
+        raise ConfigError(f"model.{e}") from None
 
 
 def image_transform(cfg: Config, model: MLRModel, train: bool):
@@ -96,7 +118,9 @@ def image_transform(cfg: Config, model: MLRModel, train: bool):
 
 
 class IndexedDataset(Dataset):
-    """Yields ``(input, target, index)`` so predictions can be put back in dataset order."""
+    """Yields ``(input, target, index, real)`` for the ``(index, real)`` pairs of a
+    ``GlobalBatchSampler``, so predictions go back in dataset order and padding rows
+    (``real=False``) can be left out."""
 
     def __init__(self, base: Dataset) -> None:
         self.base = base
@@ -104,9 +128,10 @@ class IndexedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, bool]):
+        i, real = key if isinstance(key, tuple) else (key, True)
         x, y = self.base[i]
-        return x, y, i
+        return x, y, i, real
 
 
 def cached_dataset(cfg: Config, model: MLRModel, ds: MultiLabelDataset, device: torch.device,
@@ -115,9 +140,9 @@ def cached_dataset(cfg: Config, model: MLRModel, ds: MultiLabelDataset, device: 
     from ..data import cache as fc
 
     transform = image_transform(cfg, model, train=False)
-    key = fc.cache_key(model.backbone, ds, transform)
+    key = fc.cache_key(model.backbone, ds, transform)  # names the backbone's actual weights
     path = Path(cfg.data.cache_dir) / fc.cache_name(key)
-    if info.is_main and not fc.FeatureCache.exists(path):
+    if info.is_main:  # returns the published cache at once when it matches
         dtype = getattr(torch, cfg.data.cache_dtype)
         fc.extract_features(model.backbone.to(device), ds, path, batch_size=cfg.data.batch_size,
                             num_workers=cfg.data.num_workers, dtype=dtype,
@@ -132,16 +157,13 @@ def cached_dataset(cfg: Config, model: MLRModel, ds: MultiLabelDataset, device: 
 
 
 def make_loader(ds: Dataset, batch_size: int, train: bool, info: DistInfo, seed: int,
-                num_workers: int) -> tuple[DataLoader, DistributedSampler]:
-    """A loader whose order is the same for 1 process and for N ranks together: every rank
-    takes ``rank::world`` of one permutation seeded by (seed, epoch)."""
-    if batch_size % info.world_size:
-        raise ConfigError(f"data.batch_size: {batch_size} is not divisible by the "
-                          f"{info.world_size} processes")
-    sampler = DistributedSampler(ds, num_replicas=info.world_size, rank=info.rank,
-                                 shuffle=train, seed=seed, drop_last=False)
-    loader = DataLoader(IndexedDataset(ds), batch_size=batch_size // info.world_size,
-                        sampler=sampler, num_workers=num_workers,
+                num_workers: int) -> tuple[DataLoader, GlobalBatchSampler]:
+    """A loader whose global batches are the same for 1 process and for N ranks together
+    (``batch_size`` is the global batch): one permutation seeded by (seed, epoch), cut into
+    global batches, each shared out ``rank::world`` (``GlobalBatchSampler``)."""
+    sampler = GlobalBatchSampler(len(ds), batch_size, info.world_size, info.rank,  # type: ignore[arg-type]
+                                 shuffle=train, seed=seed)
+    loader = DataLoader(IndexedDataset(ds), batch_sampler=sampler, num_workers=num_workers,
                         persistent_workers=False, pin_memory=False)
     return loader, sampler
 

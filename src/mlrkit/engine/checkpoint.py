@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,28 @@ def save_checkpoint(stem: Path, model: torch.nn.Module, meta: dict[str, Any],
         if value is not None:
             tensors[f"__semantics__.{key}"] = value.detach().cpu().float().contiguous()
     blob = st_save(tensors, metadata={"format": "mlrkit", "version": str(meta.get("version"))})
+    blob = _canonical_header(blob)
     weights = stem.with_suffix(".safetensors")
     with atomic_write(weights) as f:
         f.write(blob)
     atomic_write_text(stem.with_suffix(".json"), json.dumps(meta, indent=2, default=str))
     return weights
+
+
+def _canonical_header(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header written in one fixed way.
+
+    safetensors keeps the metadata in a hash map whose order changes from process to
+    process, so equal weights gave different bytes (and digests). The header is rewritten
+    with sorted keys and no spaces, padded with spaces to a multiple of 8 bytes as
+    safetensors does; offsets count from the end of the header, so the data is unchanged.
+    """
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + blob[8 + n:]
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -105,7 +123,35 @@ def save_train_state(path: Path, state: dict[str, Any]) -> None:
         f.write(buf.getvalue())
 
 
+def _load_error_cause(e: BaseException) -> str:
+    """The informative line of a ``torch.load`` error (its notes on ``weights_only`` and where
+    to file issues are left out)."""
+    skip = ("weights only load failed", "please file an issue", "check the documentation",
+            "(1)", "(2)")
+    for line in str(e).splitlines():
+        line = line.strip().removeprefix("WeightsUnpickler error:").strip()
+        if line and not line.lower().startswith(skip):
+            return line.split(". ")[0].rstrip(".")  # the first sentence
+    return type(e).__name__
+
+
 def load_train_state(path: Path) -> dict[str, Any]:
+    """The state ``save_train_state`` wrote; loaded with ``weights_only=True``, so a file
+    that would run code on loading is refused rather than executed."""
     if not path.exists():
         raise CheckpointError(f"{path}: no training state to resume from")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        cause = _load_error_cause(e)
+        if "GLOBAL" in cause:  # a callable weights_only blocks, e.g. os.system
+            raise CheckpointError(
+                f"{path}: refused to load: it names Python objects a training state never "
+                f"holds ({cause}); mlrkit did not write it, or it was altered. Delete it, or "
+                "resume from an earlier copy") from None
+        raise CheckpointError(f"{path}: training state is truncated or corrupt ({cause}); "
+                              "delete it, or resume from an earlier copy") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: training state is truncated or corrupt "
+                              f"({_load_error_cause(e)}); delete it, or resume from an "
+                              "earlier copy") from None

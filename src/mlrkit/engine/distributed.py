@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import Sampler
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,55 @@ def gather_predictions(indices: torch.Tensor, scores: torch.Tensor, info: DistIn
         assert part is not None
         out[part[0]] = part[1]
     return out
+
+
+class GlobalBatchSampler(Sampler[list[tuple[int, bool]]]):
+    """Batches of ``(index, real)`` pairs that make N ranks see one process's batches.
+
+    Every epoch draws one permutation of the ``n`` rows from ``(seed, epoch)`` (identity
+    when ``shuffle`` is off) and cuts it into global batches of ``batch_size`` rows, the
+    last one shorter, exactly as a single process would. Rank ``r`` of ``world`` takes
+    rows ``r, r + world, ...`` of each global batch. When a global batch does not divide
+    by ``world``, it is padded with repeats of its first rows marked ``real=False`` so
+    that every rank has a batch at every step (DDP needs every rank in every step); the
+    trainer gives padded rows no weight in the loss.
+    """
+
+    def __init__(self, n: int, batch_size: int, world: int = 1, rank: int = 0,
+                 shuffle: bool = False, seed: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.n, self.batch_size, self.world, self.rank = n, batch_size, world, rank
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+        if self.shuffle:  # the same draw as torch's DistributedSampler
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        for start in range(0, self.n, self.batch_size):
+            batch = order[start:start + self.batch_size]
+            m = len(batch)
+            padded = math.ceil(m / self.world) * self.world
+            rows = [(batch[j % m], j < m) for j in range(padded)]
+            yield rows[self.rank::self.world]
+
+
+def all_reduce_sum(value: float, info: DistInfo) -> float:
+    """The sum of ``value`` over all ranks (``value`` itself on one process)."""
+    if not info.enabled:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item())
 
 
 def barrier(info: DistInfo) -> None:

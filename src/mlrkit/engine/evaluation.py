@@ -10,6 +10,7 @@ from ..metrics import evaluate as evaluate_scores
 from ..predict import load_model
 from . import builders
 from .distributed import DistInfo
+from .precision import resolve_amp
 from .trainer import predict_logits
 
 
@@ -38,9 +39,10 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str] | None = No
         val_in = val
     bs = cfg.data.eval_batch_size or cfg.data.batch_size
     loader, _ = builders.make_loader(val_in, bs, False, info, cfg.seed, cfg.data.num_workers)
-    logits = predict_logits(model, loader, device, cfg.train.amp, cfg.data.cache, info,
-                            len(val_in), progress=cfg.train.progress)
-    report = evaluate_scores(logits, val.targets, scores_are="logits",
+    logits = predict_logits(model, loader, device, resolve_amp(cfg.train.amp, device),
+                            cfg.data.cache, info, len(val_in), progress=cfg.train.progress)
+    report = evaluate_scores(logits, val.targets, scores_are="logits", zero_means="unknown",
                              threshold=cfg.eval.threshold, top_k=cfg.eval.top_k or None,
                              ap_mode=cfg.eval.ap_mode)
+    report.skipped = list(val.info.get("skipped", []))  # type: ignore[attr-defined]
     return report, names

@@ -9,6 +9,7 @@ import io
 import json
 import math
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..config import Config, ConfigError
-from ..io import atomic_write_text
+from ..io import FileLock, atomic_write_text, remove_stale_temps
 from ..losses import create_loss
 from ..metrics import evaluate as evaluate_scores
 from . import builders
@@ -31,9 +32,16 @@ from .checkpoint import (
     save_train_state,
     set_rng_state,
 )
-from .distributed import DistInfo, cleanup_distributed, gather_predictions, init_distributed
+from .distributed import (
+    DistInfo,
+    all_reduce_sum,
+    cleanup_distributed,
+    gather_predictions,
+    init_distributed,
+)
 from .ema import ModelEMA
 from .optim import build_optimizer, build_scheduler
+from .precision import amp_note, resolve_amp
 
 
 def seed_everything(seed: int) -> None:
@@ -43,6 +51,7 @@ def seed_everything(seed: int) -> None:
 
 
 def autocast(device: torch.device, amp: str):
+    """The autocast context of a resolved ``amp`` (none | bf16 | fp16; see ``resolve_amp``)."""
     if amp == "none":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
@@ -57,11 +66,11 @@ def predict_logits(model: torch.nn.Module, loader, device: torch.device, amp: st
     """Logits (N, C) over a loader's dataset, gathered across ranks, in dataset order."""
     model.eval()
     idx_all, out_all = [], []
-    for x, _, idx in tqdm(loader, desc="eval", leave=False, disable=not progress):
+    for x, _, idx, real in tqdm(loader, desc="eval", leave=False, disable=not progress):
         with autocast(device, amp):
             out = model(builders.as_model_input(x.to(device), cached))
-        out_all.append(out.logits.float().cpu())
-        idx_all.append(idx)
+        out_all.append(out.logits.float().cpu()[real])  # padding rows left out
+        idx_all.append(idx[real])
     logits = torch.cat(out_all) if out_all else torch.empty(0, 0)
     return gather_predictions(torch.cat(idx_all), logits, info, total)
 
@@ -80,7 +89,19 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.progress = cfg.train.progress and self.info.is_main
-        if self.info.is_main and not self.resume and (self.run_dir / "train_state.pt").exists():
+        self._run_lock: FileLock | None = None
+
+    def _claim_run_dir(self) -> None:
+        """Lock the run directory for the whole run (rank 0), so a second run with the same
+        name fails at once instead of mixing its files in; clear temp files of killed
+        writes."""
+        if not self.info.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._run_lock = FileLock(self.run_dir / ".lock", blocking=False,
+                                  what=f"run directory {self.run_dir}").acquire()
+        remove_stale_temps(self.run_dir)
+        if not self.resume and (self.run_dir / "train_state.pt").exists():
             raise ConfigError(f"{self.run_dir}: a run with this name exists; resume it with "
                               f"--resume {self.run_dir} or choose another --set name=...")
 
@@ -88,6 +109,10 @@ class Trainer:
     def setup(self) -> None:
         cfg = self.cfg
         seed_everything(cfg.seed)
+        self.amp = resolve_amp(cfg.train.amp, self.device)
+        note = amp_note(cfg.train.amp, self.amp, self.device)
+        if note and self.info.is_main:
+            print(note, file=sys.stderr)
         train_ds = builders.apply_protocol(cfg, builders.load_split(cfg, "train"))
         val_ds = builders.load_split(cfg, "val")
         if val_ds.labels.names != train_ds.labels.names:
@@ -128,7 +153,7 @@ class Trainer:
         self.sched = build_scheduler(self.opt, cfg.sched, cfg.train.epochs,
                                      len(self.train_loader))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=(
-            cfg.train.amp == "fp16" and self.device.type == "cuda"))
+            self.amp == "fp16" and self.device.type == "cuda"))
         self.ema = ModelEMA(model, cfg.train.ema) if cfg.train.ema > 0 else None
         self.epoch = 0  # epochs completed
         self.best = {"mAP": -math.inf, "epoch": -1}
@@ -179,15 +204,14 @@ class Trainer:
         seen_idx, seen_probs = [], []
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}",
                    leave=False, disable=not self.progress)
-        for x, y, idx in bar:
+        for x, y, idx, real in bar:
             x, y = x.to(dev), y.to(dev)
-            with autocast(dev, cfg.train.amp):
+            with autocast(dev, self.amp):
                 out = self.ddp(builders.as_model_input(x, self.cached))
-            extra = {"index": idx} if self.loss_takes_index else {}
-            loss = self.loss_fn(out.logits.float(), y, **extra)
+            loss, n_real = self._batch_loss(out.logits.float(), y, idx, real)
             if self.loss_tracks_epochs:
-                seen_idx.append(idx)
-                seen_probs.append(torch.sigmoid(out.logits.detach().float()).cpu())
+                seen_idx.append(idx[real])
+                seen_probs.append(torch.sigmoid(out.logits.detach().float()).cpu()[real])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"epoch {self.epoch + 1}: the loss became {loss.item()}"
                                          "; lower optim.lr or enable train.grad_clip")
@@ -201,8 +225,8 @@ class Trainer:
             self.sched.step_batch()
             if self.ema is not None:
                 self.ema.update(self.model)
-            total += loss.item() * len(y)
-            count += len(y)
+            total += loss.item() * n_real
+            count += n_real
             bar.set_postfix(loss=f"{total / count:.4f}")
         if self.loss_tracks_epochs:
             probs = gather_predictions(torch.cat(seen_idx), torch.cat(seen_probs), self.info,
@@ -210,11 +234,41 @@ class Trainer:
             self.loss_fn.update_pseudo_labels(probs, self.train_targets, epoch=self.epoch + 1)
         return total / max(count, 1)
 
+    def _batch_loss(self, logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
+                    real: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The loss to back-propagate and the number of real rows in this rank's batch.
+
+        One process: the loss of the batch. N ranks: each rank's share of the loss of the
+        whole global batch, so that DDP's gradient average equals one process's gradient:
+        padding rows are left out, and a ``mean`` loss is divided by its unit count summed
+        over the ranks (known entries, images, ... as the loss defines it) instead of the
+        rank's own count.
+        """
+        def extra(rows: torch.Tensor) -> dict[str, Any]:
+            return {"index": rows} if self.loss_takes_index else {}
+
+        if not self.info.enabled:
+            return self.loss_fn(logits, y, **extra(idx)), len(y)
+        keep = real.nonzero().squeeze(1)
+        mean = getattr(self.loss_fn, "reduction", "mean") == "mean"
+        if len(keep):
+            loss = self.loss_fn(logits[keep.to(logits.device)], y[keep.to(y.device)],
+                                **extra(idx[keep]))
+            count = float(getattr(self.loss_fn, "last_count", len(keep)))
+            total = loss * max(count, 1.0) if mean else loss
+        else:  # only padding here: take part in the step with a zero loss
+            loss = total = logits.sum() * 0.0
+            count = 0.0
+        world = self.info.world_size
+        scale = world / max(all_reduce_sum(count, self.info), 1.0) if mean else float(world)
+        return total * scale, len(keep)
+
     def validate(self) -> tuple[dict[str, Any], Any]:
         model = self.ema.module if self.ema is not None else self.model
-        logits = predict_logits(model, self.val_loader, self.device, self.cfg.train.amp,
+        logits = predict_logits(model, self.val_loader, self.device, self.amp,
                                 self.cached, self.info, self.n_val, progress=self.progress)
         report = evaluate_scores(logits, self.val_targets, scores_are="logits",
+                                 zero_means="unknown",
                                  threshold=self.cfg.eval.threshold,
                                  top_k=self.cfg.eval.top_k or None,
                                  ap_mode=self.cfg.eval.ap_mode)
@@ -223,9 +277,12 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         try:
+            self._claim_run_dir()
             self.setup()
             return self._fit()
         finally:
+            if self._run_lock is not None:
+                self._run_lock.release()
             cleanup_distributed()
 
     def _fit(self) -> dict[str, Any]:
