@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import operator
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -52,6 +53,7 @@ def create_model(
     label_graph: torch.Tensor | None = None,
     freeze_backbone: bool = False,
     in_dim: int | None = None,
+    class_names: Sequence[str] | None = None,
     **method_options: Any,
 ) -> MLRModel:
     """Build ``backbone`` + the method head registered as ``name``.
@@ -59,6 +61,10 @@ def create_model(
     ``backbone`` is a registered backbone name, a ``Backbone`` instance, or ``"cached"``
     (then ``in_dim`` gives the channel count of the cached feature maps). ``pretrained`` is
     ``True`` for the library's own weights or a path to a local weight file.
+
+    Heads whose ``__init__`` takes ``class_names`` get the class names (vision-language
+    heads tokenize them); heads that take ``backbone`` get the backbone instance (to use a
+    part of it, e.g. a CLIP text tower, without holding a second copy of its weights).
     """
     from . import methods  # noqa: F401  (registers)
     from .backbones import create_backbone
@@ -97,9 +103,19 @@ def create_model(
                              f"got {tuple(label_graph.shape)}")
         if not torch.isfinite(label_graph).all():
             raise ValueError("label_graph: contains NaN or inf")
+    extra: dict[str, Any] = {}
+    params = inspect.signature(head_cls.__init__).parameters
+    if "class_names" in params:
+        if class_names is None:
+            raise ValueError(f"create_model: method {name!r} needs class_names")
+        if len(class_names) != num_classes:
+            raise ValueError(f"class_names: {len(class_names)} names for {num_classes} classes")
+        extra["class_names"] = [str(n) for n in class_names]
+    if "backbone" in params:
+        extra["backbone"] = bb
     head = head_cls(in_dim=bb.out_dim, num_classes=num_classes,
                     label_embeddings=label_embeddings, label_graph=label_graph,
-                    **method_options)
+                    **extra, **method_options)
     return MLRModel(bb, head, name)
 
 
@@ -115,7 +131,8 @@ def _positive_count(num_classes: Any) -> int:
 
 
 # given by create_model itself, never through method options
-_HEAD_ARGS = frozenset({"self", "in_dim", "num_classes", "label_embeddings", "label_graph"})
+_HEAD_ARGS = frozenset({"self", "in_dim", "num_classes", "label_embeddings", "label_graph",
+                        "class_names", "backbone"})
 
 
 def method_option_names(head_cls: type) -> list[str] | None:

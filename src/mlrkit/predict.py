@@ -58,7 +58,8 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu"
         if value is not None and value.shape[0] != n:
             want = (n, n) if key == "graph" else (n, *value.shape[1:])
             raise mismatch(f"__semantics__.{key}", tuple(value.shape), want)
-    model = build_model(cfg, n, semantics, pretrained=False)
+    model = build_model(cfg, n, semantics, pretrained=False,
+                        class_names=list(meta["label_names"]))
     expected = model.state_dict()
     for key, want in expected.items():  # the first misfit in the model's own order
         if key in state and state[key].shape != want.shape:

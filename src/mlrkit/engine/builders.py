@@ -95,7 +95,8 @@ def build_semantics(cfg: Config, train: MultiLabelDataset) -> dict[str, torch.Te
 
 
 def build_model(cfg: Config, num_classes: int, semantics: dict[str, torch.Tensor | None],
-                pretrained: bool | str | None = None) -> MLRModel:
+                pretrained: bool | str | None = None,
+                class_names: list[str] | None = None) -> MLRModel:
     from ..model import UnknownOptionError
 
     m = cfg.model
@@ -105,7 +106,8 @@ def build_model(cfg: Config, num_classes: int, semantics: dict[str, torch.Tensor
             pretrained=m.pretrained if pretrained is None else pretrained,
             num_classes=num_classes, label_embeddings=semantics.get("embeddings"),
             label_graph=semantics.get("graph"),
-            freeze_backbone=m.freeze_backbone or cfg.data.cache, **m.options)
+            freeze_backbone=m.freeze_backbone or cfg.data.cache, class_names=class_names,
+            **m.options)
     except UnknownOptionError as e:
         raise ConfigError(f"model.{e}") from None
 

@@ -122,7 +122,8 @@ class Trainer:
         self.skipped = list(train_ds.info.get("skipped", [])) + list(
             val_ds.info.get("skipped", []))
         self.semantics = builders.build_semantics(cfg, train_ds)
-        model = builders.build_model(cfg, len(self.labels), self.semantics).to(self.device)
+        model = builders.build_model(cfg, len(self.labels), self.semantics,
+                                     class_names=list(self.labels.names)).to(self.device)
         self.cached = cfg.data.cache
         if self.cached:
             train_in = builders.cached_dataset(cfg, model, train_ds, self.device, self.info)
