@@ -17,13 +17,16 @@ from mlrkit.semantics import cooccurrence_graph
 from mlrkit.structures import Features
 
 C, E_DIM, D, H, W = 4, 6, 8, 3, 5
-ROWS = {  # (lspl, sd, sar): the five ablation rows
+ROWS = {  # (lspl, sd, sar): the paper's five ablation rows (Table 2) and one extra
     "baseline": (False, False, False),
     "lspl": (True, False, False),
+    "sd": (False, True, False),
     "lspl_sd": (True, True, False),
-    "sd_sar": (False, True, True),
     "full": (True, True, True),
+    "sd_sar": (False, True, True),  # not in the paper's table
 }
+PAPER = {"attn_scale": False, "attn_out_proj": False, "classifier": "mean_fc",
+         "gcn_final_act": True}
 
 
 def _semantics(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,3 +239,104 @@ def test_bf16_autocast_matches_float32_and_scores_stay_float32() -> None:
     torch.testing.assert_close(out.attention.float(), ref.attention, atol=0.02, rtol=0.02)
     rounded = out.logits.bfloat16().float()
     assert (rounded != out.logits).float().mean() > 0.5  # not bfloat16 values
+
+
+# ------------------------------------------------------------ the paper-literal forms
+def test_gcn_eq2_sigma_after_both_layers() -> None:
+    torch.manual_seed(0)
+    emb, A = _semantics()
+    gcn = GCN([E_DIM, 5, 7], final_act=True)
+    W1, W2 = gcn.layers[0].weight, gcn.layers[1].weight
+    e = emb
+    for w in (W1, W2):  # E^{l+1} = sigma(M E^l W^l) for both layers, sigma = LeakyReLU(0.2)
+        nxt = torch.zeros(C, w.shape[1])
+        for i in range(C):
+            for j in range(C):
+                nxt[i] += A[i, j] * (e[j] @ w)
+        e = torch.where(nxt > 0, nxt, 0.2 * nxt)
+    torch.testing.assert_close(gcn(emb, A), e)
+
+
+def test_self_attention_paper_form_eq4_6() -> None:
+    """Eq. 4 without 1/sqrt(d_k), eq. 5-6 without an output projection, from the text."""
+    torch.manual_seed(3)
+    heads, dk = 2, D // 2
+    sar = SelfAttentionReasoning(D, heads=heads, ffn_dim=12, scale=False,
+                                 out_proj=False).eval()
+    assert sar.out is None
+    v = torch.randn(3, C, D)
+    wq, wk, wv = sar.qkv.weight.split(D)
+    bq, bk, bv = sar.qkv.bias.split(D)
+    with torch.no_grad():
+        out = sar(v)
+        for b in range(3):
+            rows = []
+            for n in range(C):
+                parts = []
+                for h in range(heads):
+                    sl = slice(h * dk, (h + 1) * dk)
+                    qn = (wq[sl] @ v[b, n] + bq[sl])
+                    logits = torch.stack([qn @ (wk[sl] @ v[b, o] + bk[sl]) for o in range(C)])
+                    alpha = torch.exp(logits) / torch.exp(logits).sum()  # eq. 4
+                    parts.append(sum(alpha[o] * (wv[sl] @ v[b, o] + bv[sl])
+                                     for o in range(C)))  # eq. 5
+                rows.append(torch.cat(parts) + v[b, n])  # eq. 6
+            z = torch.stack(rows)
+            ref = torch.relu(torch.relu(z @ sar.fc1.weight.T + sar.fc1.bias) @ sar.fc2.weight.T
+                             + sar.fc2.bias)
+            torch.testing.assert_close(out[b], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_mean_fc_classifier_eq7() -> None:
+    torch.manual_seed(4)
+    emb, A = _semantics()
+    head = DLSA(D, C, emb, A, d1=5, d2=D, heads=2, **PAPER).eval()
+    v = torch.randn(2, C, D)
+    fc = head.classifier.fc
+    ref = torch.stack([fc.weight @ (sum(v[b, c] for c in range(C)) / C) + fc.bias
+                       for b in range(2)])
+    torch.testing.assert_close(head.classifier(v), ref)
+    x = torch.randn(2, D, H, W)
+    assert head(Features(map=x)).logits.shape == (2, C)
+
+
+def test_paper_configs_use_the_paper_forms() -> None:
+    import yaml
+
+    from conftest import REPO
+    for path in sorted((REPO / "configs").glob("dlsa_voc07_r101*.yaml")):
+        cfg = yaml.safe_load(path.read_text())
+        opts = cfg["model"]["options"]
+        assert {k: opts[k] for k in PAPER} == PAPER, path.name
+        if opts["lspl"]:
+            assert cfg["model"]["label_graph"] == "conditional_normalized", path.name
+        val = cfg["data"]["val"]  # the test split never picks the checkpoint
+        assert val.get("fold") == "val" and val["split"] == "trainval", path.name
+    rows = {tuple(yaml.safe_load(p.read_text())["model"]["options"][k]
+                  for k in ("lspl", "sd", "sar"))
+            for p in (REPO / "configs").glob("dlsa_voc07_r101*.yaml")}
+    assert rows == set(ROWS.values())
+
+
+def test_dlsa_graph_on_voc2007_has_every_cooccurring_pair(data_dir) -> None:
+    """DLSA's M-hat keeps every co-occurring pair (ML-GCN's tau = 0.4 left 6 on VOC2007)."""
+    import numpy as np
+
+    from mlrkit.data import load_dataset
+    from mlrkit.io import safe_load_pickle
+    from mlrkit.semantics.graphs import label_graph
+
+    ds = load_dataset("voc2007", root=data_dir / "voc2007", split="trainval",
+                      difficult="negative")
+    M = label_graph("conditional_normalized", ds.targets, list(ds.labels.names)).numpy()
+    ref = safe_load_pickle(data_dir / "label_semantics" / "voc_adj.pkl")
+    nums, adj = np.asarray(ref["nums"], float), np.asarray(ref["adj"], float)
+    P = adj / np.maximum(nums[:, None], 1)  # eq. 1 from ML-GCN's published counts
+    np.fill_diagonal(P, 1.0)
+    d = P.sum(1)
+    expect = P / np.sqrt(d)[:, None] / np.sqrt(d)[None, :]
+    np.testing.assert_allclose(M, expect, rtol=1e-5, atol=1e-7)
+    off = ~np.eye(20, dtype=bool)
+    assert int((M[off] > 0).sum()) == int((adj[off] > 0).sum()) > 150
+    ml_gcn = label_graph("cooccurrence", ds.targets, list(ds.labels.names)).numpy()
+    assert int((ml_gcn[off] > 0).sum()) < 20

@@ -28,22 +28,29 @@ from .mlgcn import require_semantics
 
 class SelfAttentionReasoning(nn.Module):
     """Multi-head self-attention over class vectors with a residual (DLSA eq. 4-6), then two
-    fully connected layers with ReLU."""
+    fully connected layers with ReLU.
+
+    ``scale=False, out_proj=False`` is the paper's text: eq. 4 is a softmax of plain dot
+    products ``<W_q v_n, W_k v_o>`` and eq. 6 concatenates the heads' outputs with no output
+    projection. ``scale=True`` divides by ``sqrt(d_k)`` and ``out_proj=True`` adds ``W^O``
+    (the Transformer forms).
+    """
 
     def __init__(self, dim: int, heads: int = 4, ffn_dim: int | None = None,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, scale: bool = True, out_proj: bool = True) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"SAR: dim {dim} is not divisible by heads {heads}")
         self.heads = heads
+        self.scale = bool(scale)
         self.qkv = nn.Linear(dim, 3 * dim)
-        self.out = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim) if out_proj else None
         self.fc1 = nn.Linear(dim, ffn_dim or dim)
         self.fc2 = nn.Linear(ffn_dim or dim, dim)
         self.dropout = dropout
 
     def attend(self, v: torch.Tensor) -> torch.Tensor:
-        """``MHSA(V) = concat_h softmax(Q_h K_h^T / sqrt(d_k)) V_h W^O`` (DLSA eq. 4-5).
+        """``concat_h softmax(Q_h K_h^T [/ sqrt(d_k)]) V_h [W^O]`` (DLSA eq. 4-5).
 
         Written out rather than ``scaled_dot_product_attention``: for C = 80 tokens and
         d_k = 320-512 the fused CPU kernel's backward measured 2x slower (bench_dlsa.py).
@@ -52,26 +59,43 @@ class SelfAttentionReasoning(nn.Module):
         dk = d // self.heads
         q, k, val = self.qkv(v).view(b, c, 3, self.heads, dk).permute(
             2, 0, 3, 1, 4)  # each (B, heads, C, d_k)
-        attn = torch.softmax((q @ k.transpose(-2, -1)) * dk ** -0.5, dim=-1)  # DLSA eq. 4
+        logits = q @ k.transpose(-2, -1)  # DLSA eq. 4: <W_q v_n, W_k v_o>
+        attn = torch.softmax(logits * dk ** -0.5 if self.scale else logits, dim=-1)
         if self.training and self.dropout > 0:
             attn = F.dropout(attn, self.dropout)
-        o = attn @ val
-        return self.out(o.transpose(1, 2).reshape(b, c, d))  # DLSA eq. 5
+        o = (attn @ val).transpose(1, 2).reshape(b, c, d)  # DLSA eq. 5, heads concatenated
+        return self.out(o) if self.out is not None else o
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         z = v + self.attend(v)  # DLSA eq. 6: residual
         return F.relu(self.fc2(F.relu(self.fc1(z))))
 
 
+class MeanFC(nn.Module):
+    """``y = W mean_c(v_c) + b``: the mean of the class vectors, then one FC layer to the
+    ``C`` scores (DLSA eq. 7 as the text words it)."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return self.fc(v.mean(dim=1))  # DLSA eq. 7
+
+
 @METHODS.register("dlsa")
 class DLSA(nn.Module):
     """DLSA head with module switches ``lspl``, ``sd``, ``sar``.
 
-    LSPL: ``E^2 = A LeakyReLU(A E^0 W^1) W^2`` with ``d1``, ``d2`` (eq. 2);
+    LSPL: ``E^2 = A LeakyReLU(A E^0 W^1) W^2`` with ``d1``, ``d2`` (eq. 2; with
+    ``gcn_final_act`` the activation also follows the second layer, as eq. 2's sigma);
     SD: ``a_c = sigmoid(E^2_c . F)`` (``/ sqrt(d2)`` with ``align_scale``),
     ``v_c = mean_hw a_c F`` (eq. 3);
-    SAR: ``heads``-head self-attention + residual + 2 FC layers (eq. 4-6);
-    classifier ``y_c = w_c . v_c + b_c`` (eq. 7).
+    SAR: ``heads``-head self-attention + residual + 2 FC layers (eq. 4-6; ``attn_scale``,
+    ``attn_out_proj``: see ``SelfAttentionReasoning``);
+    classifier (eq. 7): ``"classwise"`` ``y_c = w_c . v_c + b_c``, or ``"mean_fc"`` the
+    paper's "mean computation and a fully connected classification layer",
+    ``y = W mean_c(v_c) + b``.
     """
 
     def __init__(self, in_dim: int, num_classes: int, label_embeddings: torch.Tensor | None = None,
@@ -79,7 +103,9 @@ class DLSA(nn.Module):
                  sar: bool = True, d1: int = 1024, d2: int = 2048, heads: int = 4,
                  ffn_dim: int | None = None, dropout: float = 0.0,
                  negative_slope: float = 0.2, align_scale: bool = False,
-                 modulation: str = "residual") -> None:
+                 modulation: str = "residual", attn_scale: bool = True,
+                 attn_out_proj: bool = True, classifier: str = "classwise",
+                 gcn_final_act: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.lspl, self.sd, self.sar = bool(lspl), bool(sd), bool(sar)
@@ -91,7 +117,8 @@ class DLSA(nn.Module):
             self.register_buffer("embeddings", emb)
             self.register_buffer("adj", graph)
             if self.lspl:
-                self.gcn = GCN([emb.shape[1], d1, d2], negative_slope=negative_slope)
+                self.gcn = GCN([emb.shape[1], d1, d2], negative_slope=negative_slope,
+                               final_act=gcn_final_act)
             else:
                 self.embed = nn.Linear(emb.shape[1], d2)
         if modulation not in ("residual", "product"):
@@ -99,8 +126,13 @@ class DLSA(nn.Module):
                              f"got {modulation!r}")
         self.modulation = modulation
         self.align = SemanticAlignmentAttention(d2, align_scale) if self.sd else None
-        self.reason = SelfAttentionReasoning(d2, heads, ffn_dim, dropout) if self.sar else None
-        self.classifier = ClassWiseLinear(num_classes, d2)
+        self.reason = (SelfAttentionReasoning(d2, heads, ffn_dim, dropout, scale=attn_scale,
+                                              out_proj=attn_out_proj) if self.sar else None)
+        if classifier not in ("classwise", "mean_fc"):
+            raise ValueError(f"dlsa: classifier must be 'classwise' or 'mean_fc', "
+                             f"got {classifier!r}")
+        self.classifier = (ClassWiseLinear(num_classes, d2) if classifier == "classwise"
+                           else MeanFC(d2, num_classes))
 
     def semantics(self) -> torch.Tensor | None:
         """Class semantic vectors ``(C, d2)``: LSPL output ``E^2`` or a linear map of ``E^0``."""

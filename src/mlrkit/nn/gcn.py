@@ -29,23 +29,26 @@ class GraphConvolution(nn.Module):
 
 
 class GCN(nn.Module):
-    """Stacked graph convolutions with LeakyReLU between layers (none after the last).
+    """Stacked graph convolutions with LeakyReLU between layers (none after the last unless
+    ``final_act``).
 
-    ``dims = [E, d1, d2]`` gives ML-GCN's / DLSA's two-layer network (DLSA eq. 2).
+    ``dims = [E, d1, d2]`` gives ML-GCN's / DLSA's two-layer network (DLSA eq. 2, whose
+    ``sigma`` follows every layer: ``final_act=True``).
     """
 
     def __init__(self, dims: Sequence[int], negative_slope: float = 0.2,
-                 bias: bool = False) -> None:
+                 bias: bool = False, final_act: bool = False) -> None:
         super().__init__()
         if len(dims) < 2:
             raise ValueError(f"GCN: need at least [in, out] dims, got {list(dims)}")
         self.layers = nn.ModuleList(GraphConvolution(a, b, bias=bias)
                                     for a, b in zip(dims[:-1], dims[1:]))
         self.act = nn.LeakyReLU(negative_slope)
+        self.final_act = bool(final_act)
 
     def forward(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
             x = layer(x, adj)
-            if i < len(self.layers) - 1:
-                x = self.act(x)  # DLSA eq. 2: E^1 = LeakyReLU(A E^0 W^1), E^2 = A E^1 W^2
+            if i < len(self.layers) - 1 or self.final_act:
+                x = self.act(x)  # DLSA eq. 2: E^{l+1} = sigma(A E^l W^l)
         return x

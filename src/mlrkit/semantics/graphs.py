@@ -182,7 +182,9 @@ def label_graph(source: str | os.PathLike[str], targets: torch.Tensor | None = N
 
     ``source`` is ``"cooccurrence"`` (from the training ``targets``), ``"conditional"``
     (the conditional probabilities ``P(L_j | L_i)`` of the targets with a unit diagonal, the
-    graph SSGRL propagates over; ``tau`` / ``p`` / ``normalize`` unused), ``"cosine:<embedding
+    graph SSGRL propagates over; ``tau`` / ``p`` / ``normalize`` unused),
+    ``"conditional_normalized"`` (the same, then ``D^-1/2 A D^-1/2``: DLSA's normalized
+    matrix of eq. 2, every co-occurring pair an edge), ``"cosine:<embedding
     source>"`` (cosine similarity of ``label_embeddings(<embedding source>, names)``,
     thresholded at ``tau``), or a path: an ML-GCN ``adj.pkl`` (``nums`` / ``adj`` counts, turned
     into a graph like ``"cooccurrence"``) or a ``(C, C)`` ``.npy`` matrix used as given (e.g. a
@@ -194,11 +196,13 @@ def label_graph(source: str | os.PathLike[str], targets: torch.Tensor | None = N
         if targets is None:
             raise ValueError("label_graph('cooccurrence'): give the training targets")
         A = cooccurrence_graph(targets, tau=tau, p=p, normalize=normalize)
-    elif src == "conditional":
+    elif src in ("conditional", "conditional_normalized"):
         if targets is None:
-            raise ValueError("label_graph('conditional'): give the training targets")
+            raise ValueError(f"label_graph({src!r}): give the training targets")
         A = conditional_probability(*_cooccurrence(targets))
         A.fill_diagonal_(1.0)
+        if src == "conditional_normalized":  # DLSA eq. 1-2: M-hat, no threshold, no re-weight
+            A = normalized_adjacency(A)
     elif src.startswith("cosine:"):
         if names is None:
             raise ValueError(f"label_graph({src!r}): give the class names")
