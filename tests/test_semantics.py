@@ -298,3 +298,29 @@ def test_segment_prefers_frequent_words(tmp_path: Path) -> None:
     assert emb_mod.segment("pottedplant", vocab) == ["potted", "plant"]
     assert emb_mod.segment("xyz", vocab) is None
     assert emb_mod.tokenize_name("PottedPlant") == ["potted", "plant"]
+
+
+def test_mlgcn_release_graph(data_dir: Path) -> None:
+    """ML-GCN's released graph from its own voc_adj.pkl, against a transcription of the
+    release's steps (threshold, column re-weight with p = 0.25, + I, then (A D)^T D)."""
+    from mlrkit.data import load_dataset
+    from mlrkit.semantics.graphs import label_graph
+
+    pkl = data_dir / "label_semantics" / "voc_adj.pkl"
+    ref = safe_load_pickle(pkl)
+    nums, adj = np.asarray(ref["nums"], float), np.asarray(ref["adj"], float)
+    a = adj / nums[:, None]
+    a = (a >= 0.4).astype(float)
+    a = a * 0.25 / (a.sum(0, keepdims=True) + 1e-6)
+    a = a + np.eye(20)
+    d = np.diag(a.sum(1) ** -0.5)
+    expect = (a @ d).T @ d
+    got = label_graph(f"mlgcn_release:{pkl}").numpy()
+    np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(expect, expect.T)  # the orientation matters
+    ds = load_dataset("voc2007", root=data_dir / "voc2007", split="trainval",
+                      difficult="negative")
+    from_targets = label_graph("mlgcn_release", ds.targets, list(ds.labels.names)).numpy()
+    np.testing.assert_allclose(from_targets, expect, rtol=1e-5, atol=1e-7)
+    paper = label_graph(str(pkl)).numpy()  # the paper's eq. 8 graph differs
+    assert np.abs(paper - expect).max() > 0.05

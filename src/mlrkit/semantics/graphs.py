@@ -16,7 +16,7 @@ import torch
 
 __all__ = [
     "binarize", "conditional_probability", "cooccurrence_graph", "cosine_graph", "label_graph",
-    "load_adj_file", "normalized_adjacency", "reweight", "validate_graph",
+    "load_adj_file", "normalized_adjacency", "release_graph", "reweight", "validate_graph",
 ]
 
 
@@ -159,6 +159,21 @@ def cooccurrence_graph(targets: torch.Tensor, tau: float = 0.4, p: float = 0.2,
     return normalized_adjacency(A) if normalize else A
 
 
+def release_graph(counts: torch.Tensor | np.ndarray, pairs: torch.Tensor | np.ndarray,
+                  tau: float = 0.4, p: float = 0.25) -> torch.Tensor:
+    """The adjacency ML-GCN's released code builds (not its paper's eq. 8).
+
+    Binarize ``P(L_j | L_i)`` at ``tau``; scale each *column* to sum to ``p`` (0.25 in the
+    release); add the identity (diagonal 1, not ``1 - p``); then ``(A D)^T D`` with
+    ``D = diag(rowsum(A)^-1/2)``, i.e. ``D A^T D``: normalized and transposed.
+    """
+    B = binarize(conditional_probability(counts, pairs), tau).to(torch.float64)
+    A = B * p / (B.sum(0, keepdim=True) + 1e-6)  # column sums, as the release
+    A = A + torch.eye(A.shape[0], dtype=A.dtype)
+    d = A.sum(1).rsqrt()
+    return (d[:, None] * A.T * d[None, :]).to(torch.float32)  # (A D)^T D
+
+
 def load_adj_file(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Read an ML-GCN style ``adj.pkl`` (dict with ``nums`` (C,) and ``adj`` (C, C))."""
     from ..io import safe_load_pickle
@@ -184,7 +199,9 @@ def label_graph(source: str | os.PathLike[str], targets: torch.Tensor | None = N
     (the conditional probabilities ``P(L_j | L_i)`` of the targets with a unit diagonal, the
     graph SSGRL propagates over; ``tau`` / ``p`` / ``normalize`` unused),
     ``"conditional_normalized"`` (the same, then ``D^-1/2 A D^-1/2``: DLSA's normalized
-    matrix of eq. 2, every co-occurring pair an edge), ``"cosine:<embedding
+    matrix of eq. 2, every co-occurring pair an edge), ``"mlgcn_release"`` (ML-GCN's
+    released-code graph, ``release_graph``, from the targets; ``"mlgcn_release:<adj.pkl>"``
+    from an adj file), ``"cosine:<embedding
     source>"`` (cosine similarity of ``label_embeddings(<embedding source>, names)``,
     thresholded at ``tau``), or a path: an ML-GCN ``adj.pkl`` (``nums`` / ``adj`` counts, turned
     into a graph like ``"cooccurrence"``) or a ``(C, C)`` ``.npy`` matrix used as given (e.g. a
@@ -203,6 +220,14 @@ def label_graph(source: str | os.PathLike[str], targets: torch.Tensor | None = N
         A.fill_diagonal_(1.0)
         if src == "conditional_normalized":  # DLSA eq. 1-2: M-hat, no threshold, no re-weight
             A = normalized_adjacency(A)
+    elif src == "mlgcn_release" or src.startswith("mlgcn_release:"):
+        if ":" in src:  # counts from an ML-GCN adj.pkl
+            counts, pairs = load_adj_file(src.split(":", 1)[1])
+        elif targets is None:
+            raise ValueError(f"label_graph({src!r}): give the training targets")
+        else:
+            counts, pairs = _cooccurrence(targets)
+        A = release_graph(counts, pairs, tau=tau)
     elif src.startswith("cosine:"):
         if names is None:
             raise ValueError(f"label_graph({src!r}): give the class names")
