@@ -136,8 +136,18 @@ def test_train_eval_predict_in_process(tmp_path):
         assert (run / f).exists(), f
     report, names = evaluate_checkpoint(run / "last.safetensors")
     assert names == ["red", "green", "blue"]
-    # the EMA weights saved in `last` give exactly the scores of the final validation
+    # the weights saved in `last` (raw or EMA, whichever scored better) give exactly the
+    # scores of the final validation
     assert report.to_dict()["mAP"] == pytest.approx(trainer.report.to_dict()["mAP"], abs=1e-4)
+    import csv
+    import json
+
+    rows = list(csv.DictReader((run / "log.csv").read_text().splitlines()))
+    last = json.loads((run / "last.json").read_text())
+    for row in rows:  # both weights were scored; the epoch's mAP is the better one
+        assert float(row["mAP"]) == max(float(row["mAP_raw"]), float(row["mAP_ema"]))
+    assert last["weights"] == ("ema" if float(rows[-1]["mAP_ema"]) >= float(rows[-1]["mAP_raw"])
+                               else "raw")
     pred = Predictor.from_checkpoint(run / "last.safetensors", device="cpu")
     res = pred.predict([tmp_path / "val" / "img0000.png"], threshold=0.0)
     assert set(res[0].labels) == {"red", "green", "blue"}
@@ -204,12 +214,34 @@ def test_ema_update_rule():
     from mlrkit.engine.ema import ModelEMA
 
     m = _toy_model()
-    ema = ModelEMA(m, 0.9)
+    ema = ModelEMA(m, 0.9, warmup=False)
     w0 = m.head.fc.weight.detach().clone()
     with torch.no_grad():
         m.head.fc.weight.add_(1.0)
     ema.update(m)
     torch.testing.assert_close(ema.module.head.fc.weight, 0.9 * w0 + 0.1 * (w0 + 1.0))
+
+
+def test_ema_warmup_follows_the_trained_weights():
+    from mlrkit.engine.ema import ModelEMA
+
+    m = _toy_model()
+    ema = ModelEMA(m, 0.9997)
+    w0 = m.head.fc.weight.detach().clone()
+    ref = w0.clone()
+    for t in range(200):  # the weights move by +1 per step
+        with torch.no_grad():
+            m.head.fc.weight.add_(1.0)
+        d = min(0.9997, (1 + t) / (10 + t))
+        ref = d * ref + (1 - d) * m.head.fc.weight.detach()
+        ema.update(m)
+    torch.testing.assert_close(ema.module.head.fc.weight, ref)
+    # the initial weights keep almost no share (0.9997^200 = 94 % without the warm-up)
+    share = (m.head.fc.weight - ema.module.head.fc.weight).mean() / 200
+    assert float(share) < 0.1
+    again = ModelEMA(m, 0.9997)
+    again.load_state_dict(ema.state_dict())  # the update count survives a resume
+    assert again.updates == 200 and again.current_decay() == ema.current_decay()
 
 
 def test_checkpoint_is_atomic_on_failure(tmp_path, monkeypatch):
@@ -279,3 +311,24 @@ def test_cli_extract_train_eval_predict(tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(run), str(broken)]) == 1
     err = capsys.readouterr().err
     assert "broken.jpg" in err and "cannot decode" in err and "Traceback" not in err
+
+
+def test_backbone_trainable_prefixes():
+    from conftest import REPO
+    from mlrkit.engine.builders import build_model
+
+    cfg = load_config(REPO / "configs" / "ssgrl_voc07_r101.yaml",
+                      ["model.pretrained=false", "model.backbone=resnet50",
+                       "model.label_embeddings=null", "model.label_graph=null"])
+    C = 20
+    sem = {"embeddings": torch.randn(C, 300), "graph": torch.eye(C)}
+    model = build_model(cfg, C, sem)
+    for n, p in model.backbone.named_parameters():
+        assert p.requires_grad == n.startswith("body.layer4"), n
+    assert all(p.requires_grad for p in model.head.parameters())
+    cfg.model.backbone_trainable = ["body.layer9"]
+    with pytest.raises(ValueError, match="backbone_trainable.*body.layer9.*body.layer4"):
+        build_model(cfg, C, sem)
+    cfg.data.cache = True  # a cached (frozen) backbone stays frozen
+    cfg.model.backbone_trainable = ["body.layer4"]
+    assert not any(p.requires_grad for p in build_model(cfg, C, sem).backbone.parameters())

@@ -324,3 +324,22 @@ def test_mlgcn_release_graph(data_dir: Path) -> None:
     np.testing.assert_allclose(from_targets, expect, rtol=1e-5, atol=1e-7)
     paper = label_graph(str(pkl)).numpy()  # the paper's eq. 8 graph differs
     assert np.abs(paper - expect).max() > 0.05
+
+
+def test_embedding_rows_in_sorted_name_order(data_dir: Path) -> None:
+    """coco_glove300.pkl lists the classes alphabetically; '@sorted' maps its rows onto the
+    label-space order by name."""
+    names = _coco_names(data_dir)
+    pkl = data_dir / "label_semantics" / "coco_glove300.pkl"
+    raw = label_embeddings(pkl, names)  # rows as stored
+    mapped = label_embeddings(f"{pkl}@sorted", names)
+    alpha = sorted(names)
+    for i, n in enumerate(names):
+        torch.testing.assert_close(mapped[i], raw[alpha.index(n)])
+    assert names != alpha and not torch.equal(mapped, raw)
+    # the rows now mean what the names say: dog is nearer to cat than to truck
+    def cos(a: str, b: str) -> float:
+        return float(torch.cosine_similarity(mapped[names.index(a)], mapped[names.index(b)],
+                                             dim=0))
+
+    assert cos("dog", "cat") > cos("dog", "truck") and cos("car", "truck") > cos("car", "cat")

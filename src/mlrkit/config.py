@@ -25,6 +25,9 @@ class ModelConfig:
     backbone: str = "efficientnet_lite0"
     pretrained: bool | str = True
     freeze_backbone: bool = False
+    # backbone parameters that train, by name prefix inside the backbone (e.g. [body.layer4]:
+    # only ResNet's last stage, as SSGRL's release); null: all of them
+    backbone_trainable: list[str] | None = None
     label_embeddings: str | None = None  # "glove50", "minilm", or a .pkl/.npy/.txt path
     label_graph: str | None = None  # "cooccurrence", "cosine:<source>", or an adj .pkl path
     options: dict[str, Any] = field(default_factory=dict)  # method options
@@ -86,6 +89,7 @@ class TrainConfig:
     # with native bf16 matmuls (AVX512-BF16 / AMX / Arm BF16), else none (engine/precision.py)
     amp: str = "auto"
     ema: float = 0.0  # decay of the weight EMA; 0 disables it
+    ema_warmup: bool = True  # decay min(ema, (1 + t) / (10 + t)) at update t
     early_stop: int = 0  # epochs without mAP improvement before stopping; 0 disables it
     device: str = "auto"
     progress: bool = True

@@ -58,6 +58,19 @@ class Backbone(nn.Module):
             self.eval()
         return self
 
+    def freeze_except(self, prefixes: list[str]) -> Backbone:
+        """Stop gradients of every parameter whose name starts with none of ``prefixes``
+        (BatchNorm layers stay in train mode, as in SSGRL's release)."""
+        names = [n for n, _ in self.named_parameters()]
+        for pre in prefixes:
+            if not any(n.startswith(pre) for n in names):
+                tops = sorted({".".join(n.split(".")[:2]) for n in names})
+                raise ValueError(f"model.backbone_trainable: no backbone parameter starts with "
+                                 f"{pre!r}; names start with: {', '.join(tops[:12])}")
+        for n, p in self.named_parameters():
+            p.requires_grad_(any(n.startswith(pre) for pre in prefixes))
+        return self
+
     def train(self, mode: bool = True) -> Backbone:
         return super().train(mode and not self.frozen)
 

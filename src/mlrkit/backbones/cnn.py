@@ -145,5 +145,6 @@ def resnet101(pretrained: bool | str = False, image_size: int = 448) -> ResNetBa
 
 @BACKBONES.register("resnext101_32x16d")
 def resnext101_32x16d(pretrained: bool | str = False, image_size: int = 448) -> ResNetBackbone:
-    """timm ResNeXt-101 32x16d (weakly supervised Instagram pretraining, fine-tuned on IN-1k)."""
-    return _timm("resnext101_32x16d", "fb_wsl_ig1b_ft_in1k", pretrained, image_size)
+    """timm ResNeXt-101 32x16d with semi-weakly supervised pretraining (Instagram 1B +
+    ImageNet, fine-tuned on IN-1k: timm's ``fb_swsl_ig1b_ft_in1k``), CMSG*'s backbone."""
+    return _timm("resnext101_32x16d", "fb_swsl_ig1b_ft_in1k", pretrained, image_size)

@@ -6,7 +6,9 @@ Protocols are saved as ``.npz`` files (int8 targets, a JSON header, optionally t
 written atomically; loading re-hashes the targets and refuses a file whose hash differs.
 
 Randomness uses NumPy's ``Generator(PCG64(seed))``; the saved file, not the generator, is
-the reference for a published experiment.
+the reference for a published experiment. ``partial(..., rng="legacy")`` instead draws its mask
+with NumPy's legacy Mersenne Twister, which reproduces the published VOC2007 partial-label
+files bit for bit (see ``partial``).
 """
 
 from __future__ import annotations
@@ -127,30 +129,50 @@ def _source(targets: torch.Tensor | MultiLabelDataset,
     return validate_targets(targets), (list(ids) if ids is not None else None)
 
 
+PARTIAL_RNGS = ("pcg64", "legacy")
+_RNG_NAMES = {"pcg64": "numpy.random.Generator(PCG64(seed))",
+              "legacy": "numpy.random.RandomState(seed).random_sample((N, C))"}
+
+
 def _meta(name: str, params: dict[str, Any], seed: int | None, t: torch.Tensor,
-          ids: list[str] | None) -> dict[str, Any]:
+          ids: list[str] | None, rng: str = "pcg64") -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "params": params, "seed": seed,
-                            "rng": "numpy.random.Generator(PCG64(seed))",
-                            "source_targets_sha256": targets_sha256(t)}
+                            "rng": _RNG_NAMES[rng], "source_targets_sha256": targets_sha256(t)}
     if ids is not None:
         meta["source_ids_sha256"] = ids_sha256(ids)
     return meta
 
 
 def partial(targets: torch.Tensor | MultiLabelDataset, keep: float, seed: int = 0,
-            ids: Sequence[str] | None = None) -> Protocol:
+            ids: Sequence[str] | None = None, rng: str = "pcg64") -> Protocol:
     """Keep each known label (positive or negative) independently with probability ``keep``.
 
     Dropped labels become unknown (0); unknown labels stay unknown. Images may end up with
     no known label (at small ``keep``), as in the partial-label protocol of Durand et al.
+
+    One uniform number is drawn per entry of the whole (N, C) matrix, row by row, and entry
+    (i, c) is kept where it is ``< keep``. ``rng`` picks the generator: ``"pcg64"`` (default,
+    ``Generator(PCG64(seed))``) or ``"legacy"`` (``RandomState(seed)``, the same stream as
+    ``np.random.seed(seed); np.random.random((N, C))``). With ``rng="legacy"``, ``seed=0``
+    and VOC2007 trainval loaded with ``difficult="negative"``, the result equals the
+    published ``train_proportion_<keep>.txt`` files (HCP-MLR-PL, TaI-DPT) exactly.
     """
     if not 0.0 <= keep <= 1.0:
         raise ValueError(f"partial: keep={keep} must be in [0, 1]")
+    if rng not in PARTIAL_RNGS:
+        raise ValueError(f"partial: rng={rng!r}; choose one of {', '.join(PARTIAL_RNGS)}")
     t, ids_ = _source(targets, ids)
-    rng = np.random.Generator(np.random.PCG64(seed))
-    kept = torch.from_numpy(rng.random(tuple(t.shape)) < keep)
+    shape = tuple(t.shape)
+    if rng == "legacy":
+        if not 0 <= seed < 2**32:
+            raise ValueError(f"partial: seed={seed} must be in [0, 2**32) for rng='legacy'")
+        draws = np.random.RandomState(seed).random_sample(shape)
+    else:
+        draws = np.random.Generator(np.random.PCG64(seed)).random(shape)
+    kept = torch.from_numpy(draws < keep)
     out = torch.where(kept, t, torch.zeros_like(t))
-    return Protocol(out, _meta("partial", {"keep": keep}, seed, t, ids_), ids_)
+    params: dict[str, Any] = {"keep": keep} if rng == "pcg64" else {"keep": keep, "rng": rng}
+    return Protocol(out, _meta("partial", params, seed, t, ids_, rng), ids_)
 
 
 def single_positive(targets: torch.Tensor | MultiLabelDataset, seed: int = 0,
@@ -319,6 +341,6 @@ def apply_protocol(dataset: MultiLabelDataset, protocol: Protocol,
     return new
 
 
-__all__ = ["Protocol", "ProtocolError", "apply_protocol", "ids_sha256", "load_list_protocol",
-           "load_voc_partial", "partial", "select_labels", "single_positive",
-           "targets_sha256", "zero_shot_split"]
+__all__ = ["PARTIAL_RNGS", "Protocol", "ProtocolError", "apply_protocol", "ids_sha256",
+           "load_list_protocol", "load_voc_partial", "partial", "select_labels",
+           "single_positive", "targets_sha256", "zero_shot_split"]

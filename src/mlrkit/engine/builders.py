@@ -59,19 +59,42 @@ def load_split(cfg: Config, which: str) -> MultiLabelDataset:
 
 
 def apply_protocol(cfg: Config, ds: MultiLabelDataset) -> MultiLabelDataset:
-    """Replace training targets by a label protocol: a saved file, or
-    ``partial:<keep>`` / ``single_positive`` generated with the run's seed."""
+    """Replace training targets by a label protocol: a saved file, ``single_positive`` (run's
+    seed), or a partial-label spec:
+
+    - ``partial:<keep>``: ``Generator(PCG64)`` with the run's seed;
+    - ``partial:<keep>:legacy``: NumPy's legacy generator with seed 0, whatever the run's
+      seed (the published VOC2007 ``train_proportion_*`` files);
+    - ``partial:<keep>:legacy:<seed>``: the legacy generator with another seed.
+    """
     spec = cfg.data.protocol
     if not spec:
         return ds
     from ..data import protocols
 
     if spec.startswith("partial:"):
+        forms = "partial:<keep>, partial:<keep>:legacy or partial:<keep>:legacy:<seed>"
+        parts = spec.split(":")[1:]
         try:
-            keep = float(spec.split(":", 1)[1])
+            keep = float(parts[0])
         except ValueError:
-            raise ConfigError(f"data.protocol: bad keep fraction in {spec!r}") from None
-        proto = protocols.partial(ds.targets, keep=keep, seed=cfg.seed)
+            raise ConfigError(f"data.protocol: bad keep fraction {parts[0]!r} in {spec!r} "
+                              f"(expected {forms})") from None
+        if not 0.0 <= keep <= 1.0:
+            raise ConfigError(f"data.protocol: keep fraction {parts[0]} in {spec!r} must be "
+                              "in [0, 1]")
+        rng, seed = "pcg64", cfg.seed
+        if len(parts) > 1:
+            if parts[1] != "legacy" or len(parts) > 3:
+                raise ConfigError(f"data.protocol: malformed spec {spec!r} (expected {forms})")
+            rng, seed = "legacy", 0
+            if len(parts) == 3:
+                s = parts[2]
+                if not (s.isascii() and s.isdigit()) or int(s) >= 2**32:
+                    raise ConfigError(f"data.protocol: seed {s!r} in {spec!r} must be an "
+                                      "integer in [0, 2**32) (legacy generator)")
+                seed = int(s)
+        proto = protocols.partial(ds.targets, keep=keep, seed=seed, rng=rng)
     elif spec == "single_positive":
         proto = protocols.single_positive(ds.targets, seed=cfg.seed)
     else:
@@ -101,7 +124,7 @@ def build_model(cfg: Config, num_classes: int, semantics: dict[str, torch.Tensor
 
     m = cfg.model
     try:
-        return create_model(
+        model = create_model(
             m.name, backbone=m.backbone,
             pretrained=m.pretrained if pretrained is None else pretrained,
             num_classes=num_classes, label_embeddings=semantics.get("embeddings"),
@@ -110,6 +133,9 @@ def build_model(cfg: Config, num_classes: int, semantics: dict[str, torch.Tensor
             **m.options)
     except UnknownOptionError as e:
         raise ConfigError(f"model.{e}") from None
+    if m.backbone_trainable is not None and not (m.freeze_backbone or cfg.data.cache):
+        model.backbone.freeze_except(m.backbone_trainable)
+    return model
 
 
 def image_transform(cfg: Config, model: MLRModel, train: bool):

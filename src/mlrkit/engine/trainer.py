@@ -155,7 +155,9 @@ class Trainer:
                                      len(self.train_loader))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=(
             self.amp == "fp16" and self.device.type == "cuda"))
-        self.ema = ModelEMA(model, cfg.train.ema) if cfg.train.ema > 0 else None
+        self.ema = (ModelEMA(model, cfg.train.ema, warmup=cfg.train.ema_warmup)
+                    if cfg.train.ema > 0 else None)
+        self.eval_weights = "raw"  # which weights the last validation scored best: raw | ema
         self.epoch = 0  # epochs completed
         self.best = {"mAP": -math.inf, "epoch": -1}
         self.bad_epochs = 0
@@ -264,8 +266,7 @@ class Trainer:
         scale = world / max(all_reduce_sum(count, self.info), 1.0) if mean else float(world)
         return total * scale, len(keep)
 
-    def validate(self) -> tuple[dict[str, Any], Any]:
-        model = self.ema.module if self.ema is not None else self.model
+    def _score(self, model: torch.nn.Module) -> tuple[Any, torch.Tensor]:
         logits = predict_logits(model, self.val_loader, self.device, self.amp,
                                 self.cached, self.info, self.n_val, progress=self.progress)
         report = evaluate_scores(logits, self.val_targets, scores_are="logits",
@@ -273,8 +274,22 @@ class Trainer:
                                  threshold=self.cfg.eval.threshold,
                                  top_k=self.cfg.eval.top_k or None,
                                  ap_mode=self.cfg.eval.ap_mode)
+        return report, logits
+
+    def validate(self) -> tuple[dict[str, Any], Any]:
+        """Score the validation split. With a weight EMA both the trained and the averaged
+        weights are scored; the better mAP is the epoch's result (its weights are the
+        ones saved), and both mAPs go to the log as ``mAP_raw`` / ``mAP_ema``."""
+        report, logits = self._score(self.model)
+        self.eval_weights = "raw"
+        extra: dict[str, Any] = {}
+        if self.ema is not None:
+            ema_report, ema_logits = self._score(self.ema.module)
+            extra = {"mAP_raw": report.summary["mAP"], "mAP_ema": ema_report.summary["mAP"]}
+            if ema_report.summary["mAP"] >= report.summary["mAP"]:
+                report, logits, self.eval_weights = ema_report, ema_logits, "ema"
         self.last_scores = torch.sigmoid(logits)
-        return report.to_dict(), report
+        return {**report.to_dict(), **extra}, report
 
     def fit(self) -> dict[str, Any]:
         try:
@@ -317,8 +332,8 @@ class Trainer:
         return self._finish(report)
 
     def _write_epoch(self, metrics: dict[str, Any], improved: bool) -> None:
-        weights = self.ema.module if self.ema is not None else self.model
-        meta = self._meta(metrics)
+        weights = self.ema.module if self.eval_weights == "ema" else self.model
+        meta = {**self._meta(metrics), "weights": self.eval_weights}
         save_checkpoint(self.run_dir / "last", weights, meta, self.semantics)
         if improved:
             save_checkpoint(self.run_dir / "best", weights, meta, self.semantics)

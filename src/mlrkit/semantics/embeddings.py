@@ -255,14 +255,21 @@ def label_embeddings(source: str | os.PathLike[str], names: Sequence[str],
 
     ``source``: ``"glove50"`` (GloVe 6B 50-d; multi-word and joined names are split and
     averaged), ``"minilm"`` (all-MiniLM-L6-v2, 384-d, unit norm), or a path: ``.pkl`` /
-    ``.npy`` with one row per class in label-space order, or a GloVe text file ``.txt``
-    (``word v1 v2 ...`` per line) looked up like ``glove50``.
+    ``.npy`` with one row per class in label-space order (``<path>@sorted``: rows in the
+    order of the sorted class names, as ML-GCN's ``coco_glove300.pkl``), or a GloVe text
+    file ``.txt`` (``word v1 v2 ...`` per line) looked up like ``glove50``.
     """
     names = [str(n) for n in names]
     if not names:
         raise ValueError("label_embeddings: empty list of class names")
     src = os.fspath(source)
     c = len(names)
+    if src.endswith("@sorted"):  # the file's rows follow the class names sorted by name
+        rows = label_embeddings(src[: -len("@sorted")], sorted(names), cache=cache)
+        order = sorted(range(c), key=lambda i: names[i])
+        out = torch.empty_like(rows)
+        out[torch.tensor(order)] = rows
+        return out
     path = Path(src)
     if src not in ("glove50", "minilm") and path.suffix in (".pkl", ".npy"):
         if not path.exists():
