@@ -40,6 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out bad label lines and unreadable images, listing them")
     _add_common(p)
 
+    p = sub.add_parser("cv", help="K-fold cross-validation of a config (inner validation "
+                       "split picks the checkpoint; each outer fold is scored once)")
+    p.add_argument("--config", required=True, help="YAML config; its data.train is the pool")
+    p.add_argument("--folds", type=int, default=4)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
+    p.add_argument("--output-dir", help="where the runs and <name>_cv.json go "
+                   "(default: the config's output_dir)")
+    _add_common(p)
+
     p = sub.add_parser("predict", help="label images with a trained checkpoint")
     p.add_argument("--checkpoint", required=True, help="run directory or .safetensors file")
     p.add_argument("images", nargs="+", help="image files")
@@ -113,6 +123,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=2, default=str))
     else:
         print(report.format_table(names))
+    return 0
+
+
+def _cmd_cv(args: argparse.Namespace) -> int:
+    from .engine.crossval import cross_validate, format_summary
+
+    res = cross_validate(args.config, args.folds, args.seeds, args.set, args.output_dir)
+    title = (f"{res['name']}: {args.folds}-fold cross-validation x {len(args.seeds)} seeds "
+             f"(test folds, mean ± std over {len(res['runs'])} runs)")
+    print(format_summary(res["summary"], title))
+    print(f"written to {res['path']}")
     return 0
 
 
@@ -198,7 +219,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict,
+_COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "cv": _cmd_cv, "predict": _cmd_predict,
              "extract-features": _cmd_extract, "demo": _cmd_demo, "data": _cmd_data,
              "list-models": _cmd_list}
 
