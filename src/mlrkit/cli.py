@@ -53,7 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="label images with a trained checkpoint")
     p.add_argument("--checkpoint", required=True, help="run directory or .safetensors file")
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--threshold", type=float, help="probability threshold for every class")
+    p.add_argument("--threshold", type=float, help="probability threshold for every class "
+                   "(default: the checkpoint's per-class thresholds)")
+    p.add_argument("--min-labels", type=int, default=1, metavar="N",
+                   help="when fewer classes pass their thresholds, name the highest-scoring "
+                   "ones up to N (default 1; 0: none)")
+    p.add_argument("--top-k", type=int, metavar="K", help="name at most K classes per image")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
     p.add_argument("--skip-bad", action="store_true",
                    help="go on past unreadable images, naming each one (on stderr, or as "
@@ -143,7 +148,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     pred = Predictor.from_checkpoint(args.checkpoint, max_image_pixels=args.max_image_pixels)
     skipped = 0
     for res in pred.iter_predict(args.images, threshold=args.threshold,
-                                 skip_bad=args.skip_bad):
+                                 skip_bad=args.skip_bad, min_labels=args.min_labels,
+                                 top_k=args.top_k):
         if args.json:
             print(json.dumps(res.to_dict()), flush=True)
         elif res.error is not None:

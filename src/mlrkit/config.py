@@ -98,6 +98,9 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     threshold: float = 0.5
+    # per_class: each checkpoint stores per-class thresholds that maximize F1 on the
+    # validation split (used by eval and predict); fixed: `threshold` for every class
+    thresholds: str = "per_class"
     top_k: int = 0
     ap_mode: str = "sklearn"
 
@@ -131,6 +134,7 @@ _ENUMS = {
     "sched.name": ("none", "step", "cosine", "onecycle", "plateau"),
     "train.amp": ("auto", "none", "bf16", "fp16"),
     "eval.ap_mode": ("sklearn", "voc", "voc11"),
+    "eval.thresholds": ("per_class", "fixed"),
     "data.cache_dtype": ("float16", "float32", "bfloat16"),
 }
 

@@ -41,6 +41,7 @@ __all__ = [
     "EvaluationReport",
     "ZeroShotReport",
     "average_precision",
+    "choose_thresholds",
     "evaluate",
     "mean_average_precision",
     "threshold_metrics",
@@ -146,19 +147,72 @@ def _check_threshold(threshold: float) -> None:
                          f"got {threshold}")
 
 
-def _cut(s: np.ndarray, threshold: float, scores_are: str) -> float:
-    """The score value at which a label counts as predicted (``s >= cut``)."""
-    _check_threshold(threshold)
+def _cut(s: np.ndarray, threshold: Any, scores_are: str) -> Any:
+    """The score value at which a label counts as predicted (``s >= cut``): a number, or a
+    (C,) array for one probability threshold per class."""
+    thr = np.asarray(threshold, dtype=np.float64)
+    if thr.ndim == 0:
+        _check_threshold(float(thr))
+        threshold = float(thr)
+    else:
+        if thr.shape != (s.shape[1],):
+            raise ValueError(f"threshold: expected one number or one per class "
+                             f"({s.shape[1]}), got shape {thr.shape}")
+        bad = np.flatnonzero(~((thr > 0) & (thr < 1)))
+        if bad.size:
+            raise ValueError(f"threshold: class {int(bad[0])} has {thr[bad[0]]}; every "
+                             "threshold must lie strictly between 0 and 1")
+        threshold = thr
     if scores_are == "probs":
         _check_probs(s)
         return threshold
     if scores_are == "logits":
         # sigmoid(x) >= t  <=>  x >= log(t / (1 - t)); exact for t = 0.5 (ML-GCN's ``x >= 0``)
-        return math.log(threshold / (1.0 - threshold))
+        return np.log(threshold / (1.0 - threshold)) if thr.ndim else math.log(
+            threshold / (1.0 - threshold))
     raise ValueError(f"scores_are must be 'probs' or 'logits', got {scores_are!r}")
 
 
-def _predicted(s: np.ndarray, threshold: float, scores_are: str) -> np.ndarray:
+def choose_thresholds(scores: Any, targets: Any, default: float = 0.5,
+                      scores_are: Literal["probs", "logits"] = "probs",
+                      zero_means: ZeroMeans | None = None) -> np.ndarray:
+    """One probability threshold per class (C,), each maximizing that class's F1 on
+    ``scores`` / ``targets`` (meant for a validation split, never the split reported).
+
+    For class c the candidates are its distinct known scores ``v`` (predict ``s >= v``); the
+    chosen threshold lies halfway between the best ``v`` and the next lower known score, so
+    it separates the same validation images but sits between them. Classes without a
+    known positive, or whose best F1 is 0, keep ``default``.
+    """
+    s, t = _check_pair(scores, targets, zero_means)
+    p = s.astype(np.float64)
+    if scores_are == "logits":
+        p = 1.0 / (1.0 + np.exp(-p))
+    elif scores_are == "probs":
+        _check_probs(s)
+    else:
+        raise ValueError(f"scores_are must be 'probs' or 'logits', got {scores_are!r}")
+    c = p.shape[1]
+    known = (t != 0).T  # (C, N)
+    sc = np.where(known, p.T, -np.inf)
+    order = np.argsort(-sc, axis=1, kind="stable")
+    ss = np.take_along_axis(sc, order, axis=1)  # descending, unknown (-inf) last
+    pos = np.take_along_axis((t == 1).T, order, axis=1)
+    tp = np.cumsum(pos, axis=1)
+    npred = np.arange(1, p.shape[0] + 1)[None, :]
+    npos = pos.sum(1, keepdims=True)
+    nxt = np.concatenate([ss[:, 1:], np.full((c, 1), -np.inf)], axis=1)
+    end = (ss != nxt) & np.isfinite(ss)  # the last row of each group of tied known scores
+    f1 = np.where(end, 2.0 * tp / (npred + np.maximum(npos, 1)), -1.0)
+    best = f1.argmax(axis=1)
+    rows = np.arange(c)
+    v, lower = ss[rows, best], nxt[rows, best]
+    thr = np.where(np.isfinite(lower), (v + lower) / 2.0, v / 2.0)
+    ok = (npos[:, 0] > 0) & (f1[rows, best] > 0)
+    return np.clip(np.where(ok, thr, default), 1e-6, 1.0 - 1e-6)
+
+
+def _predicted(s: np.ndarray, threshold: Any, scores_are: str) -> np.ndarray:
     """Boolean (N, C): score at or above the probability threshold."""
     return s >= _cut(s, threshold, scores_are)
 
@@ -486,6 +540,7 @@ class EvaluationReport:
     num_classes_with_positives: int
     units: str = "fraction"
     unknown_targets: str = "ignored (0 entries count in no metric)"
+    thresholds: list[float] | None = None  # one per class, when evaluated with those
     choices: dict[str, str] = field(default_factory=dict)
 
     def __getitem__(self, key: str) -> float:
@@ -502,7 +557,8 @@ class EvaluationReport:
 
     def settings(self) -> dict[str, Any]:
         """The recorded choices behind the numbers (AP mode, threshold, units, what 0 meant)."""
-        return {"ap_mode": self.ap_mode, "threshold": self.threshold, "top_k": self.top_k,
+        return {"ap_mode": self.ap_mode, "threshold": self.threshold,
+                "thresholds": self.thresholds, "top_k": self.top_k,
                 "scores_are": self.scores_are, "empty_classes": self.empty_classes,
                 "units": self.units, "unknown_targets": self.unknown_targets,
                 "num_images": self.num_images, "num_classes": self.num_classes,
@@ -515,7 +571,9 @@ class EvaluationReport:
         width = max(8, *(len(k) for k in keys))
         lines = [f"{'metric':<{width}}  value (%)", f"{'-' * width}  ---------"]
         lines += [f"{k:<{width}}  {100.0 * v:9.2f}" for k, v in self.summary.items()]
-        lines.append(f"(AP mode {self.ap_mode}, threshold {self.threshold:g}"
+        thr = (f"per-class thresholds (mean {np.mean(self.thresholds):.3g})"
+               if self.thresholds is not None else f"threshold {self.threshold:g}")
+        lines.append(f"(AP mode {self.ap_mode}, {thr}"
                      + (f", top-{self.top_k}" if self.top_k else "")
                      + f", {self.num_images} images, {self.num_classes_with_positives}/"
                      f"{self.num_classes} classes with positives; 0 targets "
@@ -536,7 +594,8 @@ class EvaluationReport:
         return self.format_table()
 
 
-def evaluate(scores: Any, targets: Any, threshold: float = 0.5, top_k: int | None = None,
+def evaluate(scores: Any, targets: Any, threshold: float | Sequence[float] | np.ndarray = 0.5,
+             top_k: int | None = None,
              ap_mode: APMode = "sklearn",
              scores_are: Literal["probs", "logits"] = "probs",
              empty: Empty = "nan", zero_means: ZeroMeans | None = None) -> EvaluationReport:
@@ -544,8 +603,10 @@ def evaluate(scores: Any, targets: Any, threshold: float = 0.5, top_k: int | Non
 
     ``scores`` (N, C) are probabilities (``scores_are="probs"``, checked to lie in [0, 1]) or
     logits (``scores_are="logits"``); ``targets`` (N, C) in {1, -1, 0}, 0 ignored everywhere.
-    All values are fractions in [0, 1]. ``top_k`` adds ``CP_top{k}`` ... ``OF1_top{k}``
-    (k highest scores of each image that also pass ``threshold``). Targets with 0 but no -1
+    All values are fractions in [0, 1]. ``threshold`` is one probability or one per class
+    (C,) (e.g. from ``choose_thresholds`` on a validation split). ``top_k`` adds
+    ``CP_top{k}`` ... ``OF1_top{k}`` (k highest scores of each image that also pass
+    ``threshold``). Targets with 0 but no -1
     (0/1 labels) need ``zero_means``: ``"negative"`` (scikit-learn style) or ``"unknown"``.
     """
     s, t = _check_pair(scores, targets, zero_means)
@@ -554,16 +615,22 @@ def evaluate(scores: Any, targets: Any, threshold: float = 0.5, top_k: int | Non
     if empty not in ("nan", "zero"):
         raise ValueError(f"empty must be 'nan' or 'zero', got {empty!r}")
     cut = _cut(s, threshold, scores_are)
-    ap, npos_c, nc, npred = _class_stats(s, t, ap_mode, cut)
+    per_class = np.ndim(cut) == 1
+    ap, npos_c, nc, npred = _class_stats(s, t, ap_mode, None if per_class else cut)
     ap = np.where(npos_c > 0, ap, math.nan if empty == "nan" else 0.0)
     summary = {"mAP": _mean_valid(ap)}
-    summary.update(_prf_from_counts(nc, npred, npos_c))
+    if per_class:
+        summary.update(_prf_from_pred(s >= cut[None, :], t))
+    else:
+        summary.update(_prf_from_counts(nc, npred, npos_c))
     if top_k is not None:
         topk = _prf_from_pred(_predicted(s, threshold, scores_are) & _topk_mask(s, top_k), t)
         summary.update({f"{k}_top{int(top_k)}": v for k, v in topk.items()})
     npos = int(np.count_nonzero(npos_c))
     return EvaluationReport(
-        summary=summary, per_class_ap=ap, ap_mode=ap_mode, threshold=float(threshold),
+        summary=summary, per_class_ap=ap, ap_mode=ap_mode,
+        threshold=math.nan if per_class else float(threshold),
+        thresholds=[float(v) for v in np.asarray(threshold).ravel()] if per_class else None,
         top_k=None if top_k is None else int(top_k), scores_are=scores_are,
         empty_classes=empty, num_images=int(s.shape[0]), num_classes=int(s.shape[1]),
         num_classes_with_positives=npos,

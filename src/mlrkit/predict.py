@@ -108,17 +108,22 @@ class Predictor:
 
     def predict(self, images: str | Path | Image.Image | Sequence[str | Path | Image.Image],
                 threshold: float | None = None, batch_size: int = 8, attention: bool = False,
-                skip_bad: bool = False) -> list[Prediction]:
+                skip_bad: bool = False, min_labels: int = 0,
+                top_k: int | None = None) -> list[Prediction]:
         """One ``Prediction`` per image (a single path or image is one image). Scores are
         probabilities (sigmoid of logits); ``threshold`` overrides the checkpoint's
-        per-class thresholds. An image that cannot be read raises ``DataError`` naming
-        it, or with ``skip_bad`` gives a ``Prediction`` with ``error`` set and no scores."""
-        return list(self.iter_predict(images, threshold, batch_size, attention, skip_bad))
+        per-class thresholds. ``min_labels``: when fewer classes pass their thresholds, the
+        highest-scoring others fill up to it (a top-k fallback); ``top_k``: at most that
+        many labels. An image that cannot be read raises ``DataError`` naming it, or with
+        ``skip_bad`` gives a ``Prediction`` with ``error`` set and no scores."""
+        return list(self.iter_predict(images, threshold, batch_size, attention, skip_bad,
+                                      min_labels, top_k))
 
     @torch.no_grad()
     def iter_predict(self, images: str | Path | Image.Image | Sequence[str | Path | Image.Image],
                      threshold: float | None = None, batch_size: int = 8,
-                     attention: bool = False, skip_bad: bool = False) -> Iterator[Prediction]:
+                     attention: bool = False, skip_bad: bool = False, min_labels: int = 0,
+                     top_k: int | None = None) -> Iterator[Prediction]:
         """``predict`` as a generator: results come out batch by batch, in input order."""
         from .data.base import DataError
 
@@ -153,8 +158,11 @@ class Predictor:
                     yield Prediction(image=name, labels=[], scores={}, error=errors[j])
                     continue
                 p = probs[k]
-                order = torch.argsort(p, descending=True)
-                chosen = [self.labels.names[i] for i in order.tolist() if p[i] >= thr[i]]
+                order = torch.argsort(p, descending=True).tolist()
+                passed = [i for i in order if p[i] >= thr[i]]
+                if len(passed) < min_labels:  # fallback: the best of the rest
+                    passed += [i for i in order if p[i] < thr[i]][:min_labels - len(passed)]
+                chosen = [self.labels.names[i] for i in passed[:top_k]]
                 att = res.attention[k].cpu() if attention and res.attention is not None else None
                 k += 1
                 yield Prediction(

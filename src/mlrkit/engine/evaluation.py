@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..config import ConfigError, config_from_dict, deep_merge, parse_overrides
 from ..metrics import evaluate as evaluate_scores
 from ..predict import load_model
@@ -41,8 +43,12 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str] | None = No
     loader, _ = builders.make_loader(val_in, bs, False, info, cfg.seed, cfg.data.num_workers)
     logits = predict_logits(model, loader, device, resolve_amp(cfg.train.amp, device),
                             cfg.data.cache, info, len(val_in), progress=cfg.train.progress)
+    threshold: Any = cfg.eval.threshold
+    explicit = any(o.split("=", 1)[0].strip() == "eval.threshold" for o in overrides or [])
+    if cfg.eval.thresholds == "per_class" and not explicit and "thresholds" in meta:
+        threshold = np.asarray(meta["thresholds"], dtype=np.float64)  # chosen on validation
     report = evaluate_scores(logits, val.targets, scores_are="logits", zero_means="unknown",
-                             threshold=cfg.eval.threshold, top_k=cfg.eval.top_k or None,
+                             threshold=threshold, top_k=cfg.eval.top_k or None,
                              ap_mode=cfg.eval.ap_mode)
     report.skipped = list(val.info.get("skipped", []))  # type: ignore[attr-defined]
     return report, names

@@ -23,6 +23,7 @@ from .. import __version__
 from ..config import Config, ConfigError
 from ..io import FileLock, atomic_write_text, remove_stale_temps
 from ..losses import create_loss
+from ..metrics import choose_thresholds
 from ..metrics import evaluate as evaluate_scores
 from . import builders
 from .checkpoint import (
@@ -194,7 +195,10 @@ class Trainer:
         return {
             "mlrkit_version": __version__, "version": __version__, "method": self.cfg.model.name,
             "config": self.cfg.to_dict(), "label_names": list(self.labels.names),
-            "thresholds": [self.cfg.eval.threshold] * c, "epoch": self.epoch,
+            "thresholds": getattr(self, "thresholds", [self.cfg.eval.threshold] * c),
+            "thresholds_from": ("F1 per class on the validation split"
+                                if self.cfg.eval.thresholds == "per_class" else "eval.threshold"),
+            "epoch": self.epoch,
             "metrics": metrics,
         }
 
@@ -289,6 +293,12 @@ class Trainer:
             if ema_report.summary["mAP"] >= report.summary["mAP"]:
                 report, logits, self.eval_weights = ema_report, ema_logits, "ema"
         self.last_scores = torch.sigmoid(logits)
+        c = len(self.labels)
+        self.thresholds = [self.cfg.eval.threshold] * c
+        if self.cfg.eval.thresholds == "per_class":
+            self.thresholds = choose_thresholds(
+                self.last_scores, self.val_targets, default=self.cfg.eval.threshold,
+                zero_means="unknown").tolist()
         return {**report.to_dict(), **extra}, report
 
     def fit(self) -> dict[str, Any]:
