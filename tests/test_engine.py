@@ -341,3 +341,29 @@ def test_backbone_trainable_prefixes():
     cfg.data.cache = True  # a cached (frozen) backbone stays frozen
     cfg.model.backbone_trainable = ["body.layer4"]
     assert not any(p.requires_grad for p in build_model(cfg, C, sem).backbone.parameters())
+
+
+def test_one_line_per_epoch_and_tensorboard(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    from mlrkit.engine.trainer import train
+
+    cfg = load_config(_config(tmp_path, n_train=16, **{
+        "train.epochs": 2, "train.progress": True, "train.log": "tensorboard",
+        "model.freeze_backbone": True, "data.cache": True, "train.ema": 0.0}))
+    trainer = train(cfg)
+    out = capsys.readouterr()
+    lines = [ln for ln in (out.out + out.err).splitlines() if ln.startswith("epoch ")
+             and "val mAP" in ln]
+    assert [ln.split()[1] for ln in lines] == ["1/2", "2/2"]
+    assert all("ETA" in ln and "best" in ln for ln in lines) and lines[-1].endswith("ETA 0s")
+    assert trainer.best_report is not None
+    assert trainer.best_report.summary["mAP"] == pytest.approx(trainer.best["mAP"])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "runs" / "run" / "tensorboard"))
+    acc.Reload()
+    maps = [e.value for e in acc.Scalars("val/mAP")]
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "runs" / "run" / "log.csv").open()))
+    assert maps == pytest.approx([float(r["mAP"]) for r in rows])

@@ -92,7 +92,8 @@ class TrainConfig:
     ema_warmup: bool = True  # decay min(ema, (1 + t) / (10 + t)) at update t
     early_stop: int = 0  # epochs without mAP improvement before stopping; 0 disables it
     device: str = "auto"
-    progress: bool = True
+    progress: bool = True  # progress bars and one line per epoch
+    log: str = "csv"  # csv (log.csv, always written) | tensorboard (also RUN_DIR/tensorboard)
 
 
 @dataclass
@@ -133,6 +134,7 @@ _ENUMS = {
     "optim.name": ("sgd", "adam", "adamw"),
     "sched.name": ("none", "step", "cosine", "onecycle", "plateau"),
     "train.amp": ("auto", "none", "bf16", "fp16"),
+    "train.log": ("csv", "tensorboard"),
     "eval.ap_mode": ("sklearn", "voc", "voc11"),
     "eval.thresholds": ("per_class", "fixed"),
     "data.cache_dtype": ("float16", "float32", "bfloat16"),

@@ -91,6 +91,8 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.progress = cfg.train.progress and self.info.is_main
         self._run_lock: FileLock | None = None
+        self._tb: Any = None  # TensorBoard writer (rank 0, train.log: tensorboard)
+        self.best_report: Any = None  # the report of the best epoch (this process's run)
 
     def _claim_run_dir(self) -> None:
         """Lock the run directory for the whole run (rank 0), so a second run with the same
@@ -331,12 +333,16 @@ class Trainer:
             self.history.append(row)
             improved = metrics["mAP"] > self.best["mAP"]
             if improved:
-                self.best = {"mAP": metrics["mAP"], "epoch": self.epoch}
+                self.best = {"mAP": metrics["mAP"], "epoch": self.epoch,
+                             "metrics": {k: v for k, v in metrics.items()
+                                         if isinstance(v, int | float)}}
+                self.best_report = report
                 self.bad_epochs = 0
             else:
                 self.bad_epochs += 1
             if main:
                 self._write_epoch(metrics, improved)
+                self._log_epoch(row)
             if cfg.train.early_stop and self.bad_epochs >= cfg.train.early_stop:
                 break
         return self._finish(report)
@@ -351,6 +357,31 @@ class Trainer:
         # written last: a run killed before this line resumes from the previous epoch
         save_train_state(self.run_dir / "train_state.pt", self._state())
 
+    def _log_epoch(self, row: dict[str, Any]) -> None:
+        """One line per epoch that stays on screen (under the progress bars), and the same
+        numbers to TensorBoard when ``train.log: tensorboard``."""
+        if self.progress:
+            done = self.history
+            mean_s = sum(r["seconds"] for r in done) / len(done)
+            eta = mean_s * (self.cfg.train.epochs - self.epoch)
+            tqdm.write(f"epoch {self.epoch}/{self.cfg.train.epochs}  loss {row['train_loss']:.4f}"
+                       f"  val mAP {100 * row['mAP']:.2f}  best {100 * self.best['mAP']:.2f} "
+                       f"(epoch {self.best['epoch']})  lr {row['lr']:.2e}  "
+                       f"{row['seconds']:.1f} s  ETA {_duration(eta)}")
+        if self.cfg.train.log == "tensorboard":
+            if self._tb is None:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                except ImportError:
+                    raise ConfigError("train.log: tensorboard needs the tensorboard package "
+                                      "(pip install tensorboard)") from None
+                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            for k, v in row.items():
+                if k != "epoch":
+                    self._tb.add_scalar(k if k in ("train_loss", "lr", "seconds")
+                                        else f"val/{k}", v, self.epoch)
+            self._tb.flush()
+
     def _write_log(self) -> None:
         buf = io.StringIO()
         keys: list[str] = []
@@ -364,6 +395,8 @@ class Trainer:
     def _finish(self, report: Any) -> dict[str, Any]:
         if report is None:  # resumed a run that had already finished
             _, report = self.validate()
+        if self._tb is not None:
+            self._tb.close()
         result = {"final": report.to_dict(), "best": self.best, "epochs": self.epoch,
                   "per_class_ap": dict(zip(self.labels.names, [  # NaN: no positive (not JSON)
                       None if math.isnan(float(v)) else float(v) for v in report.per_class_ap])),
@@ -373,6 +406,15 @@ class Trainer:
                               json.dumps(result, indent=2, default=str))
         self.report = report
         return result
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
 
 
 def train(cfg: Config, resume: str | Path | None = None) -> Trainer:
