@@ -301,18 +301,17 @@ def test_mean_fc_classifier_eq7() -> None:
 
 
 def test_paper_configs_use_the_paper_forms() -> None:
-    import yaml
-
     from conftest import REPO
+    from mlrkit.config import compose_config
     for path in sorted((REPO / "configs").glob("dlsa_voc07_r101*.yaml")):
-        cfg = yaml.safe_load(path.read_text())
+        cfg = compose_config(path)  # the keys it and its _base_ config set
         opts = cfg["model"]["options"]
         assert {k: opts[k] for k in PAPER} == PAPER, path.name
         if opts["lspl"]:
             assert cfg["model"]["label_graph"] == "conditional_normalized", path.name
         val = cfg["data"]["val"]  # the test split never picks the checkpoint
         assert val.get("fold") == "val" and val["split"] == "trainval", path.name
-    rows = {tuple(yaml.safe_load(p.read_text())["model"]["options"][k]
+    rows = {tuple(compose_config(p)["model"]["options"][k]
                   for k in ("lspl", "sd", "sar"))
             for p in (REPO / "configs").glob("dlsa_voc07_r101*.yaml")}
     assert rows == set(ROWS.values())

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from mlrkit.config import ConfigError, TrainConfig, load_config
+from mlrkit.config import ConfigError, TrainConfig, compose_config, load_config
 from mlrkit.engine import precision
 from mlrkit.engine.precision import amp_note, cpu_has_bf16, resolve_amp
 
@@ -143,7 +142,7 @@ def test_shipped_configs_use_auto():
     paths = sorted(CONFIGS.glob("*.yaml"))
     assert paths
     for p in paths:
-        raw = yaml.safe_load(p.read_text())
+        raw = compose_config(p)  # the keys it and its _base_ configs set
         assert raw["train"]["amp"] == "auto", p.name
         assert load_config(p).train.amp == "auto"
         # no comment may still claim a fixed bf16 run

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import __version__
+
 
 def _add_common(p: argparse.ArgumentParser, top: bool = False) -> None:
     # sub-commands must not reset a --debug given before them
@@ -16,9 +18,12 @@ def _add_common(p: argparse.ArgumentParser, top: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser. Building it imports nothing heavy (no torch): each command
+    imports what it needs when it runs, so --help and --version answer at once."""
     parser = argparse.ArgumentParser(
         prog="mlrkit", description="Multi-label image recognition: train, evaluate and use "
-        "DLSA, CMSG, SD-CSP, SigRL and their baselines.")
+        "label-semantics methods and their baselines (`mlrkit list-models` names them).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add_common(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 

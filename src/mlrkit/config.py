@@ -1,11 +1,13 @@
-"""Run configuration: dataclasses, YAML in/out and dotted ``--set`` overrides.
+"""Run configuration: dataclasses, YAML in/out, ``_base_`` composition and dotted ``--set``
+overrides.
 
-Unknown keys and values of the wrong type raise ``ConfigError`` naming the key.
+Unknown keys and values of the wrong type raise ``ConfigError`` naming the file and key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -285,27 +287,82 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+BASE_KEY = "_base_"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a config file") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})".replace("\n", " ")) from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return loaded
+
+
+def _base_paths(path: Path, value: Any) -> list[Path]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(
+            isinstance(v, str) and v.strip() for v in items):
+        raise ConfigError(f"{path}: {BASE_KEY}: expected a config path or a list of them "
+                          f"(relative to this file's folder), got {value!r}")
+    return [Path(os.path.normpath(path.parent / v)) for v in items]
+
+
+def _compose(path: Path, chain: tuple[tuple[Path, Path], ...] = ()) -> dict[str, Any]:
+    """The keys of ``path`` deep-merged over those of its ``_base_`` configs (each composed
+    the same way, in order, later ones over earlier ones). Each file's own keys are checked
+    on their own first, so an unknown key or a bad value is named with the file it is in.
+    ``chain``: the (shown, resolved) paths of the files that led here."""
+    real = path.resolve()
+    if any(real == r for _, r in chain):
+        loop = " -> ".join(str(shown) for shown, _ in (*chain, (path, real)))
+        raise ConfigError(f"{path}: {BASE_KEY} cycle: {loop}")
+    own = _read_yaml(path)
+    bases = own.pop(BASE_KEY, None)
+    try:
+        config_from_dict(own)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    if bases is None:
+        return own
+    merged: dict[str, Any] = {}
+    for base in _base_paths(path, bases):
+        if not base.is_file():
+            raise ConfigError(f"{path}: {BASE_KEY}: {base}: config file not found")
+        merged = deep_merge(merged, _compose(base, (*chain, (path, real))))
+    return deep_merge(merged, own)
+
+
+def compose_config(path: str | Path) -> dict[str, Any]:
+    """The keys a config file sets, its ``_base_`` configs' merged under its own: the mapping
+    ``load_config`` validates, before defaults and ``--set`` overrides (no ``_base_`` key)."""
+    return _compose(Path(path))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> Config:
-    """Read a YAML config (or start from ``base``), apply ``--set`` overrides, validate."""
+    """Read a YAML config (or start from ``base``), apply ``--set`` overrides, validate.
+
+    A config may name others under ``_base_`` (a path relative to its own folder, or a list
+    of them): those are read first (recursively; a cycle is an error naming the files), the
+    file's own keys are deep-merged over them, then the overrides. The result holds no
+    ``_base_``: a run's ``config.yaml`` is the merged config.
+    """
     data: dict[str, Any] = dict(base or {})
     where = "config"
     if path is not None:
         path = Path(path)
         where = str(path)
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})".replace("\n", " ")) from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
-        data = deep_merge(data, loaded)
+        data = deep_merge(data, _compose(path))
     if overrides:
         data = deep_merge(data, parse_overrides(overrides))
         where += " (with --set)"

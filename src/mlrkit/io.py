@@ -6,7 +6,7 @@ import contextlib
 import io
 import os
 import pickle
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -53,15 +53,31 @@ def safe_load_pickle(path: str | os.PathLike[str]) -> Any:
         raise ValueError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
 
 
+def _create_temp(path: Path) -> tuple[int, str]:
+    """Create ``.<name>.<random>.tmp`` beside ``path``, exclusively, with the mode that
+    ``open()`` would give a new file (0666 less the umask). ``tempfile.mkstemp`` would make it
+    0600 whatever the umask, and the rename would carry that mode to ``path``."""
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+             | getattr(os, "O_BINARY", 0))
+    for _ in range(100):
+        tmp = os.path.join(path.parent, f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Write ``path`` through a temp file in the same folder, renamed into place on success.
 
-    A crash mid-write leaves the previous file untouched.
+    A crash mid-write leaves the previous file untouched. The new file gets the mode a plain
+    ``open()`` would give it: 0666 less the process's umask.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -88,13 +104,32 @@ def file_digest(path: str | os.PathLike[str], length: int = 12) -> str:
 def open_rgb(path: str | os.PathLike[str], max_pixels: int | None = None) -> Any:
     """Decode an image file as RGB; ``FileNotFoundError`` / ``ValueError`` name the file.
 
-    ``max_pixels`` sets Pillow's decompression-bomb limit for this process first (``None``:
-    keep the current one, ``0``: no limit); a bigger image is refused with the file named.
+    ``max_pixels`` is Pillow's decompression-bomb limit for this call (``None``: Pillow's
+    current one, ``0``: no limit); a bigger image is refused with the file named.
     """
+
+    with _pixel_limit(max_pixels):
+        return _open_rgb(path)
+
+
+@contextlib.contextmanager
+def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """Pillow's ``MAX_IMAGE_PIXELS`` set to ``max_pixels`` inside the block, restored after
+    (the setting is process-wide; DataLoader workers are processes of their own)."""
     from PIL import Image
 
+    prev = Image.MAX_IMAGE_PIXELS
     if max_pixels is not None:
         Image.MAX_IMAGE_PIXELS = int(max_pixels) or None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = prev
+
+
+def _open_rgb(path: str | os.PathLike[str]) -> Any:
+    from PIL import Image
+
     try:
         with Image.open(path) as im:
             return im.convert("RGB")

@@ -92,10 +92,10 @@ def check_image(path: str | Path, max_pixels: int | None = None) -> str | None:
     """
     from PIL import Image
 
+    from ..io import _pixel_limit
+
     try:
-        if max_pixels is not None:
-            Image.MAX_IMAGE_PIXELS = int(max_pixels) or None
-        with Image.open(path) as im:
+        with _pixel_limit(max_pixels), Image.open(path) as im:
             if im.format == "JPEG":
                 im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
             im.load()

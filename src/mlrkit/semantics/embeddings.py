@@ -11,7 +11,6 @@ import hashlib
 import math
 import os
 import re
-import struct
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -307,190 +306,22 @@ def label_embeddings(source: str | os.PathLike[str], names: Sequence[str],
 
 
 # --------------------------------------------------------------------------- parquet reader
-# The GloVe-6B-50d package ships its word list as a one-column Parquet file. A minimal reader
-# (one BYTE_ARRAY column, PLAIN / RLE_DICTIONARY pages, SNAPPY or no compression) keeps the
-# package usable without pyarrow; pyarrow is used when installed.
-
-
-def _varint(b: bytes, i: int) -> tuple[int, int]:
-    r = s = 0
-    while True:
-        x = b[i]
-        i += 1
-        r |= (x & 0x7F) << s
-        s += 7
-        if not x & 0x80:
-            return r, i
-
-
-def _thrift_value(b: bytes, i: int, t: int) -> tuple[object, int]:
-    if t in (1, 2):
-        return t == 1, i
-    if t == 3:
-        return b[i], i + 1
-    if t in (4, 5, 6):
-        v, i = _varint(b, i)
-        return (v >> 1) ^ -(v & 1), i
-    if t == 7:
-        return struct.unpack_from("<d", b, i)[0], i + 8
-    if t == 8:
-        n, i = _varint(b, i)
-        return bytes(b[i:i + n]), i + n
-    if t in (9, 10):
-        h = b[i]
-        i += 1
-        n, et = h >> 4, h & 0x0F
-        if n == 15:
-            n, i = _varint(b, i)
-        out = []
-        for _ in range(n):
-            v, i = _thrift_value(b, i, et)
-            out.append(v)
-        return out, i
-    if t == 12:
-        return _thrift_struct(b, i)
-    raise ValueError(f"unsupported thrift type {t}")
-
-
-def _thrift_struct(b: bytes, i: int) -> tuple[dict[int, object], int]:
-    out: dict[int, object] = {}
-    last = 0
-    while True:
-        h = b[i]
-        i += 1
-        if h == 0:
-            return out, i
-        t, d = h & 0x0F, h >> 4
-        if d:
-            fid = last + d
-        else:
-            v, i = _varint(b, i)
-            fid = (v >> 1) ^ -(v & 1)
-        last = fid
-        out[fid], i = _thrift_value(b, i, t)
-
-
-def _snappy(src: bytes) -> bytes:
-    n, i = _varint(src, 0)
-    out = bytearray()
-    end = len(src)
-    while i < end:
-        tag = src[i]
-        i += 1
-        kind = tag & 3
-        if kind == 0:  # literal
-            ln = tag >> 2
-            if ln >= 60:
-                nb = ln - 59
-                ln = int.from_bytes(src[i:i + nb], "little")
-                i += nb
-            ln += 1
-            out += src[i:i + ln]
-            i += ln
-            continue
-        if kind == 1:
-            ln, off = ((tag >> 2) & 7) + 4, ((tag >> 5) << 8) | src[i]
-            i += 1
-        elif kind == 2:
-            ln, off = (tag >> 2) + 1, src[i] | (src[i + 1] << 8)
-            i += 2
-        else:
-            ln, off = (tag >> 2) + 1, int.from_bytes(src[i:i + 4], "little")
-            i += 4
-        start = len(out) - off
-        while ln > 0:  # overlapping copies repeat the last `off` bytes
-            chunk = out[start:start + min(ln, off)]
-            out += chunk
-            ln -= len(chunk)
-            start += len(chunk)
-    if len(out) != n:
-        raise ValueError("corrupt snappy block")
-    return bytes(out)
-
-
-def _rle_hybrid(b: bytes, i: int, end: int, width: int, count: int) -> np.ndarray:
-    out = np.empty(count, dtype=np.int64)
-    k = 0
-    nbytes = (width + 7) // 8
-    while k < count and i < end:
-        h, i = _varint(b, i)
-        if h & 1:  # bit-packed groups of 8
-            groups = h >> 1
-            raw = np.frombuffer(b, dtype=np.uint8, count=groups * width, offset=i)
-            i += groups * width
-            bits = np.unpackbits(raw, bitorder="little").reshape(-1, width)
-            vals = bits.astype(np.int64) @ (1 << np.arange(width, dtype=np.int64))
-            m = min(len(vals), count - k)
-            out[k:k + m] = vals[:m]
-            k += m
-        else:
-            run = h >> 1
-            v = int.from_bytes(b[i:i + nbytes], "little")
-            i += nbytes
-            m = min(run, count - k)
-            out[k:k + m] = v
-            k += m
-    return out[:k]
-
-
-def _plain_strings(b: bytes, count: int) -> list[str]:
-    out, i = [], 0
-    for _ in range(count):
-        n = int.from_bytes(b[i:i + 4], "little")
-        out.append(b[i + 4:i + 4 + n].decode("utf-8"))
-        i += 4 + n
-    return out
 
 
 def _read_parquet_strings(path: Path) -> list[str]:
+    """The first column of a Parquet file as strings: the GloVe-6B-50d package keeps its word
+    list (in frequency order, row ``i`` naming vector ``i``) in such a one-column file."""
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ModuleNotFoundError:
-        pass
-    else:
-        return [str(w) for w in pq.read_table(path).column(0).to_pylist()]
-    b = path.read_bytes()
-    if b[:4] != b"PAR1" or b[-4:] != b"PAR1":
-        raise ValueError(f"{path}: not a Parquet file")
-    flen = struct.unpack_from("<i", b, len(b) - 8)[0]
-    meta, _ = _thrift_struct(b, len(b) - 8 - flen)
-    words: list[str] = []
-    dictionary: list[str] = []
-    for rg in meta[4]:  # type: ignore[union-attr]
-        for chunk in rg[1]:  # type: ignore[index]
-            cm = chunk[3]
-            codec, n_values = cm[4], cm[5]
-            if codec not in (0, 1):
-                raise ValueError(f"{path}: compression codec {codec} unsupported without "
-                                 "pyarrow (pip install pyarrow)")
-            i = cm.get(11, cm[9])
-            got = 0
-            while got < n_values:
-                head, i = _thrift_struct(b, i)
-                size = head[3]
-                page = b[i:i + size]
-                i += size
-                data = _snappy(page) if codec == 1 else page
-                if head[1] == 2:  # dictionary page
-                    dictionary = _plain_strings(data, head[7][1])
-                    continue
-                if head[1] != 0:
-                    raise ValueError(f"{path}: page type {head[1]} unsupported without pyarrow")
-                dph = head[5]
-                n, enc = dph[1], dph[2]
-                j = 0
-                if meta[2][-1].get(3, 0) == 1:  # optional column: skip definition levels
-                    ln = int.from_bytes(data[j:j + 4], "little")
-                    defs = _rle_hybrid(data, j + 4, j + 4 + ln, 1, n)
-                    if int(defs.sum()) != n:
-                        raise ValueError(f"{path}: null words in the vocabulary")
-                    j += 4 + ln
-                if enc == 0:
-                    words.extend(_plain_strings(data[j:], n))
-                elif enc in (2, 8):
-                    idx = _rle_hybrid(data, j + 1, len(data), data[j], n)
-                    words.extend(dictionary[k] for k in idx.tolist())
-                else:
-                    raise ValueError(f"{path}: encoding {enc} unsupported without pyarrow")
-                got += n
-    return words
+        raise ModuleNotFoundError(
+            f"label embeddings 'glove50' read their word list ({path.name}) with pyarrow "
+            "(pip install pyarrow, or mlrkit[offline])") from None
+    try:
+        column = pq.read_table(path).column(0)
+    except (OSError, pa.ArrowException) as e:
+        raise ValueError(f"{path}: not a readable Parquet word list ({e})") from None
+    if column.null_count:
+        raise ValueError(f"{path}: {column.null_count} null words in the vocabulary")
+    return [str(w) for w in column.to_pylist()]
