@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.mlrkit-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench fashion-mnist clean
+.PHONY: demo test lint bench fashion-mnist chromium clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,10 +16,13 @@ $(STAMP): pyproject.toml
 fashion-mnist:
 	@bash scripts/ensure_fashion_mnist.sh
 
+chromium:  # the browser the report test drives (Debian's package; no browser download)
+	@bash scripts/ensure_chromium.sh
+
 demo: $(STAMP) fashion-mnist
 	$(VENV)/bin/mlrkit demo
 
-test: $(STAMP) fashion-mnist
+test: $(STAMP) fashion-mnist chromium
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 

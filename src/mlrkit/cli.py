@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip bad label lines/images, listing them in RUN_DIR/skipped.txt")
+    p.add_argument("--no-report", action="store_true",
+                   help="skip the HTML report written to RUN_DIR/report at the end")
     _add_common(p)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on its (or another) val dataset")
@@ -43,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out bad label lines and unreadable images, listing them")
+    p.add_argument("--report", metavar="DIR", help="also write a self-contained HTML report "
+                   "(metrics, per-class AP, PR curves, F1 vs threshold, image gallery) to DIR")
     _add_common(p)
 
     p = sub.add_parser("cv", help="K-fold cross-validation of a config (inner validation "
@@ -57,14 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="label images with a trained checkpoint")
     p.add_argument("--checkpoint", required=True, help="run directory or .safetensors file")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--threshold", type=float, help="probability threshold for every class "
                    "(default: the checkpoint's per-class thresholds)")
     p.add_argument("--min-labels", type=int, default=1, metavar="N",
                    help="when fewer classes pass their thresholds, name the highest-scoring "
                    "ones up to N (default 1; 0: none)")
     p.add_argument("--top-k", type=int, metavar="K", help="name at most K classes per image")
-    p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print one JSON object per image")
+    out.add_argument("--csv", action="store_true",
+                     help="print CSV: image, labels (;-joined), one probability per class")
+    p.add_argument("--overlay", metavar="DIR", help="write one image per input with the "
+                   "top classes' attention maps (heads with attention) to DIR")
     p.add_argument("--skip-bad", action="store_true",
                    help="go on past unreadable images, naming each one (on stderr, or as "
                    "an \"error\" field with --json)")
@@ -118,21 +127,44 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(config, args.set + (["data.skip_bad=true"] if args.skip_bad else []))
     trainer = train(cfg, resume=args.resume)
     if trainer.info.is_main:
-        print(trainer.report.format_table(list(trainer.labels.names)))
+        names = list(trainer.labels.names)
+        best = trainer.best
+        if trainer.best_report is not None:
+            print(f"best checkpoint: epoch {best['epoch']} of {trainer.epoch} (validation "
+                  "split; `mlrkit eval` and `predict` use this checkpoint)")
+            print(trainer.best_report.format_table(names))
+        else:
+            print(f"epoch {trainer.epoch} (the last; best checkpoint: epoch {best['epoch']}, "
+                  f"mAP {100 * best['mAP']:.2f})")
+            print(trainer.report.format_table(names))
+        if not args.no_report:
+            from .report import report_checkpoint
+
+            path = report_checkpoint(trainer.run_dir, trainer.run_dir / "report")
+            print(f"report: {path}")
         print(f"run written to {trainer.run_dir}")
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .engine.evaluation import evaluate_checkpoint
+    from .engine.evaluation import evaluate_checkpoint, predict_checkpoint
 
     overrides = args.set + (["data.skip_bad=true"] if args.skip_bad else [])
-    report, names = evaluate_checkpoint(args.checkpoint, overrides)
+    if args.report:
+        pred = predict_checkpoint(args.checkpoint, overrides)
+        report, names = pred.report, pred.names
+    else:
+        report, names = evaluate_checkpoint(args.checkpoint, overrides)
     _print_skipped(getattr(report, "skipped", []))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
     else:
         print(report.format_table(names))
+    if args.report:
+        from .report import report_from_predictions
+
+        print(f"report: {report_from_predictions(pred, args.report)}",
+              file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -148,24 +180,71 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+
     from .predict import Predictor
 
     pred = Predictor.from_checkpoint(args.checkpoint, max_image_pixels=args.max_image_pixels)
+    images = _expand_images(args.images)
+    names = list(pred.labels.names)
+    writer = None
+    if args.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["image", "labels", *names])
+    overlay_dir = Path(args.overlay) if args.overlay else None
+    if overlay_dir is not None:
+        overlay_dir.mkdir(parents=True, exist_ok=True)
     skipped = 0
-    for res in pred.iter_predict(args.images, threshold=args.threshold,
-                                 skip_bad=args.skip_bad, min_labels=args.min_labels,
-                                 top_k=args.top_k):
+    for i, res in enumerate(pred.iter_predict(
+            images, threshold=args.threshold, skip_bad=args.skip_bad,
+            min_labels=args.min_labels, top_k=args.top_k, attention=overlay_dir is not None)):
         if args.json:
             print(json.dumps(res.to_dict()), flush=True)
         elif res.error is not None:
             print(f"skipped {res.error}", file=sys.stderr)
+        elif writer is not None:
+            writer.writerow([res.image, ";".join(res.labels),
+                             *(f"{res.scores[n]:.6f}" for n in names)])
         else:
             top = ", ".join(f"{n} {res.scores[n]:.2f}" for n in res.labels) or "(none)"
             print(f"{res.image}: {top}", flush=True)
         skipped += res.error is not None
+        if overlay_dir is not None and res.error is None:
+            _write_overlay(res, names, overlay_dir, i, args.top_k or 3)
     if skipped:
-        print(f"{skipped} of {len(args.images)} images skipped (unreadable)", file=sys.stderr)
+        print(f"{skipped} of {len(images)} images skipped (unreadable)", file=sys.stderr)
     return 0
+
+
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def _expand_images(items: Sequence[str]) -> list[str]:
+    """Files as given; a folder stands for its image files (by suffix), sorted by name."""
+    out: list[str] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(str(f) for f in p.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES)
+            if not found:
+                raise ValueError(f"{p}: no image files in this folder")
+            out += found
+        else:
+            out.append(item)
+    return out
+
+
+def _write_overlay(res, names: list[str], folder: Path, index: int, top_k: int) -> None:
+    from .io import atomic_write, open_rgb
+    from .viz import overlay
+
+    target = folder / f"{index:05d}_{Path(res.image).stem}.png"
+    if res.attention is None:
+        raise ValueError("--overlay: this checkpoint's head returns no attention maps")
+    img = overlay(open_rgb(res.image), res.attention, names,
+                  [res.scores[n] for n in names], top_k=top_k)
+    with atomic_write(target) as f:
+        img.save(f, format="PNG")
 
 
 def _print_skipped(skipped: list[str]) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from ..config import ConfigError, config_from_dict, deep_merge, parse_overrides
+from ..config import Config, ConfigError, config_from_dict, deep_merge, parse_overrides
+from ..metrics import EvaluationReport
 from ..metrics import evaluate as evaluate_scores
 from ..predict import load_model
 from . import builders
@@ -16,10 +20,87 @@ from .precision import resolve_amp
 from .trainer import predict_logits
 
 
-def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str] | None = None
-                        ) -> tuple[Any, list[str]]:
-    """Return (metrics report, class names) of a checkpoint on ``data.val`` of its config,
-    after ``overrides`` such as ``data.val.root=/elsewhere``."""
+@dataclass
+class CheckpointPredictions:
+    """What :func:`predict_checkpoint` computed on a split: the report, the raw scores, the
+    targets and the split itself, plus the loaded model for attention maps of a few rows."""
+
+    report: EvaluationReport
+    names: list[str]
+    logits: torch.Tensor  # (N, C) float32, in dataset order
+    targets: torch.Tensor  # (N, C) int8: 1 / -1 / 0
+    dataset: Any  # the evaluated split (``MultiLabelDataset``): ids, paths, load_image
+    threshold: float | np.ndarray  # what the report used: one number or one per class
+    checkpoint: Path  # the resolved weights file
+    split: str  # a short description of data.val (name, split, fold, file)
+    config: Config
+    meta: dict[str, Any]
+    model: torch.nn.Module = field(repr=False)
+    device: torch.device = field(repr=False)
+    inputs: Any = field(repr=False)  # what the model was fed: images or cached features
+    cached: bool = False
+    batch_size: int = 16
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """(N, C) probabilities (sigmoid of the logits)."""
+        return torch.sigmoid(self.logits)
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.dataset.ids)
+
+    @property
+    def paths(self) -> list[Path] | None:
+        return getattr(self.dataset, "paths", None)
+
+    def image(self, i: int) -> Any:
+        """Row ``i``'s picture as a PIL image (untransformed)."""
+        return self.dataset.load_image(int(i))
+
+    @torch.no_grad()
+    def attention(self, rows: Sequence[int]) -> torch.Tensor | None:
+        """Class maps ``(len(rows), C, h, w)`` of those rows (float32, CPU), or ``None`` when
+        the model's head returns no attention. Runs the model again on just these rows."""
+        rows = [int(r) for r in rows]
+        if not rows:
+            return None
+        self.model.eval()
+        out: list[torch.Tensor] = []
+        for start in range(0, len(rows), self.batch_size):
+            xs = torch.stack([self.inputs[i][0] for i in rows[start:start + self.batch_size]])
+            res = self.model(builders.as_model_input(xs.to(self.device), self.cached))
+            if res.attention is None:
+                return None
+            out.append(res.attention.float().cpu())
+        return torch.cat(out)
+
+
+def _tail(path: Any) -> str:
+    return "/".join(Path(str(path)).parts[-2:])
+
+
+def describe_split(spec: dict[str, Any]) -> str:
+    """``data.val`` in a few words, e.g. ``voc2007 test (root /data/VOC2007)``."""
+    spec = dict(spec)
+    words = [str(spec.pop("name", "?"))]
+    if spec.get("split") not in (None, ""):
+        words.append(str(spec["split"]))
+    if spec.get("fold") not in (None, ""):
+        words.append(f"fold={spec['fold']}")
+    where = spec.get("labels_file") or spec.get("root")
+    if where:
+        words.append(f"({_tail(where) if spec.get('labels_file') else where})")
+    return " ".join(words)
+
+
+def predict_checkpoint(checkpoint: str | Path, overrides: list[str] | None = None
+                       ) -> CheckpointPredictions:
+    """Score a checkpoint on ``data.val`` of its config (after ``overrides`` such as
+    ``data.val.root=/elsewhere``) and keep everything a report needs: the metrics report,
+    logits, targets, the split, and the model for attention maps (``.attention(rows)``)."""
+    from .checkpoint import resolve_checkpoint
+
     model, cfg, meta = load_model(checkpoint)
     if overrides:
         try:
@@ -41,8 +122,9 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str] | None = No
         val_in = val
     bs = cfg.data.eval_batch_size or cfg.data.batch_size
     loader, _ = builders.make_loader(val_in, bs, False, info, cfg.seed, cfg.data.num_workers)
-    logits = predict_logits(model, loader, device, resolve_amp(cfg.train.amp, device),
-                            cfg.data.cache, info, len(val_in), progress=cfg.train.progress)
+    amp = resolve_amp(cfg.train.amp, device)
+    logits = predict_logits(model, loader, device, amp, cfg.data.cache, info, len(val_in),
+                            progress=cfg.train.progress)
     threshold: Any = cfg.eval.threshold
     explicit = any(o.split("=", 1)[0].strip() == "eval.threshold" for o in overrides or [])
     if cfg.eval.thresholds == "per_class" and not explicit and "thresholds" in meta:
@@ -51,4 +133,20 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str] | None = No
                              threshold=threshold, top_k=cfg.eval.top_k or None,
                              ap_mode=cfg.eval.ap_mode)
     report.skipped = list(val.info.get("skipped", []))  # type: ignore[attr-defined]
-    return report, names
+    return CheckpointPredictions(
+        report=report, names=names, logits=logits.float(), targets=val.targets,
+        dataset=val, threshold=threshold, checkpoint=resolve_checkpoint(checkpoint),
+        split=describe_split(cfg.data.val), config=cfg, meta=meta, model=model,
+        device=device, inputs=val_in, cached=bool(cfg.data.cache), batch_size=bs)
+
+
+def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str] | None = None
+                        ) -> tuple[Any, list[str]]:
+    """Return (metrics report, class names) of a checkpoint on ``data.val`` of its config,
+    after ``overrides`` such as ``data.val.root=/elsewhere``."""
+    res = predict_checkpoint(checkpoint, overrides)
+    return res.report, res.names
+
+
+__all__ = ["CheckpointPredictions", "describe_split", "evaluate_checkpoint",
+           "predict_checkpoint"]
