@@ -32,16 +32,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _pillow_default_limit():
-    """Pillow's decompression-bomb limit is process-wide and ``open_rgb(max_pixels=...)``
-    sets it: a test that ran before in this process may have left it at a few hundred
-    pixels. These tests decode and write ordinary images, so they run with the default."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Image, "MAX_IMAGE_PIXELS", int(1024 * 1024 * 1024 // 4 // 3))
-        yield
-
-
 def _synthetic(folder: Path, n: int = 60, c: int = 8, seed: int = 0, empty: int = 1):
     """Logits, targets (a few unknown; the last ``empty`` classes without positives), class
     names and ``n`` real PNG files."""

@@ -35,6 +35,8 @@ import torch
 
 from .io import atomic_write_text
 from .metrics import EvaluationReport, evaluate
+from .metrics import _to_numpy as _np
+from .viz import _fit
 
 __all__ = ["report_checkpoint", "report_from_predictions", "select_gallery", "write_report"]
 
@@ -43,13 +45,6 @@ AttentionSource = (Callable[[Sequence[int]], Any] | Mapping[int, Any] | torch.Te
                    | np.ndarray)
 
 
-def _np(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        if x.dtype in (torch.float16, torch.bfloat16):
-            x = x.float()
-        return x.numpy()
-    return np.asarray(x)
 
 
 def _e(x: Any) -> str:
@@ -116,20 +111,6 @@ def _load_image(images: ImageSource, i: int) -> Any:
     from .io import open_rgb
 
     return open_rgb(src)
-
-
-def _thumbnail(img: Any, size: int) -> Any:
-    from PIL import Image
-
-    w, h = img.size
-    s = size / max(w, h)
-    new = (max(1, round(w * s)), max(1, round(h * s)))
-    if new == img.size:
-        return img
-    # small pictures (e.g. 32 px) stay sharp when enlarged; photos are shrunk smoothly
-    method = (Image.Resampling.NEAREST if s >= 2 else Image.Resampling.BICUBIC if s > 1
-              else Image.Resampling.LANCZOS)
-    return img.resize(new, method)
 
 
 def _attention_rows(attention: AttentionSource | None, rows: list[int]
@@ -510,7 +491,7 @@ def _gallery(out: Path, chosen: list[int], images: ImageSource, ids: list[str],
             pic = f"<p class='note'>image not readable: {_e(e)}</p>"
         else:
             name = f"g{k:03d}.jpg"
-            _thumbnail(img, thumb_size).save(out / "images" / name, quality=88)
+            _fit(img, thumb_size, sharp=True).save(out / "images" / name, quality=88)
             pic = f"<img class='thumb' src='images/{name}' alt='{_e(ids[r])}'>"
             if r in maps:
                 strip = overlay(img, maps[r], names, probs[r], top_k=top_maps,

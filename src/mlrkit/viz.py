@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .metrics import _to_numpy as _np
+
 __all__ = [
     "f1_vs_threshold",
     "overlay",
@@ -48,13 +50,6 @@ def _plt():
     return plt
 
 
-def _np(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        if x.dtype in (torch.float16, torch.bfloat16):
-            x = x.float()
-        return x.numpy()
-    return np.asarray(x)
 
 
 def _percent_axis(axis: Any, decimals: int = 0) -> None:
@@ -409,8 +404,9 @@ def _font(size: int) -> Any:
         return ImageFont.load_default()
 
 
-def _fit(img: Any, size: int) -> Any:
-    """``img`` scaled so that its longer side is ``size`` (aspect kept)."""
+def _fit(img: Any, size: int, sharp: bool = False) -> Any:
+    """``img`` scaled so that its longer side is ``size`` (aspect kept); with ``sharp``, a
+    small picture enlarged 2x or more keeps its pixels (nearest neighbour)."""
     from PIL import Image
 
     w, h = img.size
@@ -418,7 +414,9 @@ def _fit(img: Any, size: int) -> Any:
     new = (max(1, round(w * s)), max(1, round(h * s)))
     if new == img.size:
         return img
-    return img.resize(new, Image.Resampling.LANCZOS if s < 1 else Image.Resampling.BICUBIC)
+    method = (Image.Resampling.NEAREST if sharp and s >= 2 else Image.Resampling.BICUBIC
+              if s > 1 else Image.Resampling.LANCZOS)
+    return img.resize(new, method)
 
 
 def overlay(image: Any, maps: Any, names: Sequence[str], scores: Any = None, *,
