@@ -299,7 +299,7 @@ def test_head_shapes_and_attention(variant):
     assert not dead, dead
 
 
-def test_attention_is_last_saa_weights_and_fast_path_agrees():
+def test_attention_is_formation_map_saa_weights_in_extras_fast_path_agrees():
     torch.manual_seed(10)
     kw = dict(label_embeddings=torch.randn(4, 12), hidden_dim=16, heads=2, layers=2, tau=0.0)
     head = CMSG(8, 4, **kw).eval()
@@ -312,11 +312,14 @@ def test_attention_is_last_saa_weights_and_fast_path_agrees():
     # recompute the last SAA layer's weights from its input, head-averaged
     x = head.input_proj(f.map).flatten(2).transpose(1, 2)
     pos = sine_position_encoding(3, 3, 16)[None]
-    hc, _ = head.formation(head.queries(), x, pos)
+    hc, formation = head.formation(head.queries(), x, pos)
+    # Output.attention: the class-specific formation map (one label-embedding query per class)
+    torch.testing.assert_close(out.attention.flatten(2), formation)
     hc = _run_sga(head, hc)
     hc, _ = head.saa_layers[0](hc, x, pos)
     _, w_ref = ref_mha(head.saa_layers[1].attn, hc, x + pos, x)
-    torch.testing.assert_close(out.attention.flatten(2).double(), w_ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.extras["saa_attention"].flatten(2).double(), w_ref,
+                               atol=1e-5, rtol=1e-4)
 
 
 def test_learned_queries_without_embeddings():

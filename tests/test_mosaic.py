@@ -242,6 +242,22 @@ def test_label_protocol_keeps_the_images(raw):
     assert not hidden.targets.any()
 
 
+def test_subset_and_folds_keep_each_rows_picture(raw):
+    ds = load_dataset("fashion_mosaic", num_images=12, image_size=64)
+    sub = ds.subset([3, 4, 9])
+    for j, i in enumerate([3, 4, 9]):
+        assert np.array_equal(np.asarray(sub[j][0]), np.asarray(ds[i][0]))
+        assert torch.equal(sub.targets[j], ds.targets[i])
+        drawn = {it.cls for it in sub.layout(j)}
+        assert drawn == set(torch.nonzero(sub.targets[j] == 1).flatten().tolist())
+    twice = sub.subset([2, 0])  # a subset of a subset still maps to the generated rows
+    assert np.array_equal(np.asarray(twice[0][0]), np.asarray(ds[9][0]))
+    fold = load_dataset("fashion_mosaic", num_images=12, image_size=64, fold="val")
+    for j, name in enumerate(fold.ids):
+        i = ds.ids.index(name)
+        assert np.array_equal(np.asarray(fold[j][0]), np.asarray(ds[i][0]))
+
+
 def test_pickle_without_photos(raw):
     import pickle
 

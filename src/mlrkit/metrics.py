@@ -39,11 +39,15 @@ from .labels import validate_targets
 __all__ = [
     "AP_MODES",
     "EvaluationReport",
+    "PointingReport",
     "ZeroShotReport",
     "average_precision",
+    "centre_prior_map",
     "choose_thresholds",
     "evaluate",
     "mean_average_precision",
+    "pointing_baselines",
+    "pointing_game",
     "threshold_metrics",
     "topk_prf",
     "zero_shot_metrics",
@@ -728,3 +732,225 @@ def zero_shot_metrics(scores: Any, targets: Any, unseen: Any, ks: Sequence[int] 
     return ZeroShotReport(zsl=block(s[:, m], t[:, m]), gzsl=block(s, t),
                           ks=tuple(int(k) for k in ks), ap_mode=ap_mode, empty_classes=empty,
                           num_unseen=int(np.count_nonzero(m)), num_classes=int(s.shape[1]))
+
+
+# ------------------------------------------------------------------------- pointing game
+# Does a class attention map peak on an object of that class? Conventions:
+#
+# * ``attention`` is (N, C, h, w): one map per image and class (``Output.attention``). A map
+#   covers the whole image as the model saw it (mlrkit's eval transform is a square resize,
+#   no crop), so map cell (i, j) stands for the point ((j + 0.5) / w, (i + 0.5) / h) in
+#   normalized image coordinates: its centre, scaled by image size / map size. The map is
+#   not upsampled: the peak is taken at the map's own resolution.
+# * Boxes are normalized xyxy in [0, 1] (YOLO's frame: x right, y down, divided by the image
+#   width / height), one row ``(class, x1, y1, x2, y2)`` per box; or pixels when
+#   ``image_sizes`` (N, 2) ``(width, height)`` is given. A box holds the points with
+#   ``x1 <= x < x2`` and ``y1 <= y < y2`` (half-open, as pixel boxes with an exclusive
+#   right / bottom edge), so a point on the line between two adjacent boxes belongs to one.
+# * A pair is an (image, class) with at least one box of that class in the image; it scores
+#   1 when the peak falls inside any box of the class. Ties at the maximum:
+#   ``ties="split"`` (default) scores the fraction of the tied cells that fall inside, the
+#   expected score of a peak picked at random among them; ``ties="first"`` takes the first
+#   maximal cell in row-major order (``argmax``).
+# * A constant map ties everywhere, so under ``ties="split"`` it scores exactly the
+#   fraction of map cells inside the boxes: the uniform (random-peak) baseline.
+Ties = Literal["split", "first"]
+BoxesLike = Any  # a sequence of N (K_i, 5) array-likes, or an (N, K, 5) padded array / tensor
+
+
+@dataclass
+class PointingReport:
+    """What :func:`pointing_game` measured; rates are fractions in [0, 1].
+
+    ``hit_rate`` = hits / pairs over all (image, class) pairs; ``class_mean`` = the mean of
+    ``per_class`` (C,), the hit rate of each class over its pairs (NaN without a pair), over
+    the classes that have pairs. ``pair_image``, ``pair_class``, ``pair_hit`` list every pair
+    (sorted by image, then class) with its score (0 or 1; a fraction for split ties).
+    """
+
+    hit_rate: float
+    class_mean: float
+    per_class: np.ndarray
+    pairs_per_class: np.ndarray
+    hits: float
+    num_pairs: int
+    num_images: int
+    num_classes: int
+    map_size: tuple[int, int]
+    ties: str
+    pair_image: np.ndarray = field(repr=False)
+    pair_class: np.ndarray = field(repr=False)
+    pair_hit: np.ndarray = field(repr=False)
+
+    def to_dict(self) -> dict[str, float]:
+        """``hit_rate``, ``class_mean`` (fractions) and the counts behind them."""
+        return {"hit_rate": self.hit_rate, "class_mean": self.class_mean, "hits": self.hits,
+                "num_pairs": float(self.num_pairs), "num_images": float(self.num_images)}
+
+
+def _pointing_boxes(boxes: BoxesLike, n: int, c: int, image_sizes: Any,
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked boxes as ``(image (M,), class (M,), xyxy (M, 4) normalized)``; padding rows
+    (class < 0) dropped."""
+    if isinstance(boxes, (torch.Tensor, np.ndarray)):
+        arr = _to_numpy(boxes)
+        if arr.ndim != 3 or arr.shape[-1] != 5:
+            raise ValueError(f"boxes: a padded array must be (N, K, 5), got {tuple(arr.shape)}")
+        rows = list(arr)
+    else:
+        rows = list(boxes)
+    if len(rows) != n:
+        raise ValueError(f"boxes: {len(rows)} images but attention has {n}; give one (K, 5) "
+                         "list of (class, x1, y1, x2, y2) rows per image (K may be 0)")
+    per = []
+    for r, b in enumerate(rows):
+        a = np.asarray(_to_numpy(b), dtype=np.float64)
+        if a.size == 0:
+            a = a.reshape(0, 5)
+        if a.ndim != 2 or a.shape[1] != 5:
+            raise ValueError(f"boxes[{r}]: expected (K, 5) rows (class, x1, y1, x2, y2), got "
+                             f"shape {tuple(a.shape)}")
+        per.append(a)
+    counts = np.array([len(a) for a in per], dtype=np.int64)
+    flat = np.concatenate(per, axis=0) if per else np.zeros((0, 5))
+    img = np.repeat(np.arange(n), counts)
+    keep = ~(flat[:, 0] < 0)  # padding rows; NaN classes stay and are refused below
+    flat, img = flat[keep], img[keep]
+    cls = flat[:, 0]
+    bad = np.flatnonzero(~(np.isfinite(flat).all(1)) | (cls != np.round(cls)) | (cls >= c))
+    if bad.size:
+        k = int(bad[0])
+        raise ValueError(f"boxes[{int(img[k])}]: row {flat[k].tolist()} has a class outside "
+                         f"0..{c - 1} or a non-finite value (pad with class -1)")
+    xyxy = flat[:, 1:]
+    if image_sizes is not None:
+        sz = np.asarray(_to_numpy(image_sizes), dtype=np.float64)
+        if sz.shape != (n, 2):
+            raise ValueError(f"image_sizes: expected (N, 2) = ({n}, 2) (width, height), got "
+                             f"{tuple(sz.shape)}")
+        if not (np.isfinite(sz).all() and (sz > 0).all()):
+            raise ValueError("image_sizes: widths and heights must be finite and positive")
+        xyxy = xyxy / np.tile(sz[img], 2)
+    unit = "pixels (image_sizes)" if image_sizes is not None else "normalized"
+    eps = 1e-6
+    bad = np.flatnonzero((xyxy < -eps).any(1) | (xyxy > 1 + eps).any(1)
+                         | (xyxy[:, 2] < xyxy[:, 0]) | (xyxy[:, 3] < xyxy[:, 1]))
+    if bad.size:
+        k = int(bad[0])
+        hint = ("" if image_sizes is not None else
+                "; pixel boxes need image_sizes=(N, 2) (width, height)")
+        raise ValueError(f"boxes[{int(img[k])}]: {flat[k, 1:].tolist()} is not an x1 <= x2, "
+                         f"y1 <= y2 box inside the image ({unit}){hint}")
+    return img, cls.astype(np.int64), np.clip(xyxy, 0.0, 1.0)
+
+
+def _point_scores(maps: Any, img: np.ndarray, cls: np.ndarray, xyxy: np.ndarray, c: int,
+                  ties: str, check_finite: bool = True,
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-pair scores for maps broadcastable to (N, C, h, w): (pair image, class, score)."""
+    n, _, h, w = maps.shape
+    if img.size == 0:
+        raise ValueError("pointing game: no (image, class) pair has a box; nothing to score")
+    # cell centres in normalized coordinates, compared with the half-open boxes
+    xs = (2 * np.arange(w) + 1) / (2 * w)
+    ys = (2 * np.arange(h) + 1) / (2 * h)
+    in_x = (xs >= xyxy[:, :1]) & (xs < xyxy[:, 2:3])  # (M, w)
+    in_y = (ys >= xyxy[:, 1:2]) & (ys < xyxy[:, 3:4])  # (M, h)
+    inside = (in_y[:, :, None] & in_x[:, None, :]).reshape(len(img), h * w)
+    key = img * c + cls
+    order = np.argsort(key, kind="stable")
+    key, inside = key[order], inside[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    union = np.logical_or.reduceat(inside, starts, axis=0)  # (P, h w): any box of the class
+    pimg, pcls = np.divmod(key[starts], c)
+    rows = maps.reshape(n, -1, h * w)[pimg, pcls if maps.shape[1] > 1 else 0]  # (P, h w)
+    if check_finite:
+        finite = np.isfinite(rows).all(1)
+        if not finite.all():
+            k = int(np.flatnonzero(~finite)[0])
+            raise ValueError(f"attention: non-finite value in the map of image {int(pimg[k])}, "
+                             f"class {int(pcls[k])}; maps must be finite")
+    if ties == "split":
+        peak = rows == rows.max(axis=1, keepdims=True)
+        score = np.count_nonzero(peak & union, axis=1) / np.count_nonzero(peak, axis=1)
+    else:
+        score = union[np.arange(len(rows)), rows.argmax(axis=1)].astype(np.float64)
+    return pimg, pcls, score
+
+
+def _pointing_report(pimg: np.ndarray, pcls: np.ndarray, score: np.ndarray, c: int,
+                     map_size: tuple[int, int], ties: str) -> PointingReport:
+    npairs = np.bincount(pcls, minlength=c)
+    sums = np.bincount(pcls, weights=score, minlength=c)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(npairs > 0, sums / np.maximum(npairs, 1), math.nan)
+    return PointingReport(
+        hit_rate=float(score.mean()), class_mean=float(np.nanmean(per_class)),
+        per_class=per_class, pairs_per_class=npairs, hits=float(score.sum()),
+        num_pairs=int(score.size), num_images=int(np.unique(pimg).size), num_classes=c,
+        map_size=map_size, ties=ties, pair_image=pimg, pair_class=pcls, pair_hit=score)
+
+
+def _check_ties(ties: str) -> None:
+    if ties not in ("split", "first"):
+        raise ValueError(f"ties must be 'split' or 'first', got {ties!r}")
+
+
+def pointing_game(attention: Any, boxes: BoxesLike, image_sizes: Any = None,
+                  ties: Ties = "split") -> PointingReport:
+    """Pointing-game hit rates of class attention maps against object boxes.
+
+    ``attention`` (N, C, h, w) tensor or array; ``boxes`` one (K_i, 5) array-like of rows
+    ``(class, x1, y1, x2, y2)`` per image (K_i may be 0), or an (N, K, 5) array padded with
+    rows of class -1; coordinates normalized to [0, 1], or pixels with ``image_sizes``
+    (N, 2) ``(width, height)``. Every (image, class) with a box is one pair; it is a hit when
+    the peak of that map, at its cell centre, lies inside a box of the class (see the
+    section's conventions for coordinates, half-open boxes and ``ties``).
+    """
+    _check_ties(ties)
+    a = _to_numpy(attention)
+    if a.ndim != 4 or 0 in a.shape:
+        raise ValueError(f"attention: expected a non-empty (N, C, h, w) array, got shape "
+                         f"{tuple(a.shape)}")
+    if a.dtype.kind not in "fiu":
+        raise ValueError(f"attention: expected real values, got dtype {a.dtype}")
+    n, c, h, w = a.shape
+    img, cls, xyxy = _pointing_boxes(boxes, n, c, image_sizes)
+    pimg, pcls, score = _point_scores(a, img, cls, xyxy, c, ties)
+    return _pointing_report(pimg, pcls, score, c, (h, w), ties)
+
+
+def centre_prior_map(height: int, width: int, sigma: float = 0.25) -> np.ndarray:
+    """(h, w) Gaussian of the distance of each cell centre to the image centre (normalized
+    coordinates, std ``sigma``). Its peak is the centre cell; on an even side the two
+    middle cells tie exactly (so 2 or 4 cells share the peak)."""
+    if height < 1 or width < 1:
+        raise ValueError(f"centre_prior_map: need height, width >= 1, got {height}, {width}")
+    # (2 j + 1 - w) / (2 w): the offset from the centre, exactly symmetric in floating point
+    dx = (2 * np.arange(width) + 1 - width) / (2 * width)
+    dy = (2 * np.arange(height) + 1 - height) / (2 * height)
+    d2 = dy[:, None] ** 2 + dx[None, :] ** 2
+    return np.exp(-d2 / (2 * float(sigma) ** 2))
+
+
+def pointing_baselines(boxes: BoxesLike, num_classes: int, map_size: tuple[int, int],
+                       image_sizes: Any = None, ties: Ties = "split",
+                       ) -> dict[str, PointingReport]:
+    """The two reference rows of the pointing game at map size ``(h, w)``.
+
+    ``"centre prior"``: every map is :func:`centre_prior_map` (the peak is the centre
+    cell(s), ties handled by ``ties``); ``"uniform"``: a constant map, whose score is exactly
+    the fraction of the map's cells inside the class's boxes (the expected hit rate of a
+    uniformly random peak), whatever ``ties`` is.
+    """
+    _check_ties(ties)
+    h, w = (int(v) for v in map_size)
+    n = len(boxes)
+    img, cls, xyxy = _pointing_boxes(boxes, n, num_classes, image_sizes)
+    out = {}
+    for name, m, t in (("centre prior", centre_prior_map(h, w), ties),
+                       ("uniform", np.zeros((h, w)), "split")):
+        maps = np.broadcast_to(m, (n, 1, h, w))  # the same map for every image and class
+        pimg, pcls, score = _point_scores(maps, img, cls, xyxy, num_classes, t, False)
+        out[name] = _pointing_report(pimg, pcls, score, num_classes, (h, w), t)
+    return out

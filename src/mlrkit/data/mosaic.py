@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -202,6 +203,7 @@ class FashionMosaic(MultiLabelDataset):
         super().__init__(None, targets, LabelSpace(FASHION_CLASSES), ids=ids, info=info)
         # what is drawn; kept apart from .targets, which a label protocol may hide or drop
         self.present = targets.numpy() == 1
+        self.rows = np.arange(len(targets))  # each row's index in the generated split
         self.photos = photos
         self.grid = grid
         self.image_size = image_size
@@ -224,6 +226,15 @@ class FashionMosaic(MultiLabelDataset):
         if self.photos is None:
             self.photos = load_fashion_mnist(self.info["root"], self.split)[0]
 
+    def subset(self, indices: Sequence[int]) -> FashionMosaic:
+        """Rows ``indices`` of this mosaic set: each keeps the picture it had (the layout is
+        drawn from the row's index in the generated split, not its new position)."""
+        new = super().subset(indices)
+        idx = np.asarray([int(i) for i in indices], dtype=np.int64)
+        new.present = self.present[idx]
+        new.rows = self.rows[idx]
+        return new
+
     def cell_box(self, cell: int) -> tuple[int, int, int, int]:
         r, c = divmod(cell, self.grid)
         e = self.cell_edges
@@ -233,7 +244,8 @@ class FashionMosaic(MultiLabelDataset):
         """The items of image ``i``, drawn from a generator seeded by (seed, split, i)."""
         if not 0 <= i < len(self):
             raise IndexError(f"fashion_mosaic: index {i} out of range 0..{len(self) - 1}")
-        rng = np.random.default_rng([self.seed, _SPLIT_CODE[self.split], 1, i])
+        rng = np.random.default_rng([self.seed, _SPLIT_CODE[self.split], 1,
+                                     int(self.rows[i])])
         classes = np.flatnonzero(self.present[i])
         cells = rng.permutation(self.grid * self.grid)[: len(classes)]
         u = rng.random((len(classes), 4))
@@ -261,6 +273,32 @@ class FashionMosaic(MultiLabelDataset):
 
     def load_image(self, i: int) -> Image.Image:
         return self.compose(self.layout(i))
+
+    def item_boxes(self, i: int, kind: str = "cell", normalized: bool = True) -> np.ndarray:
+        """Where image ``i``'s items are: (K, 5) float64 rows ``(class, x1, y1, x2, y2)``.
+
+        ``kind="cell"``: the grid cell holding each item; ``"item"``: the pasted photo's
+        square (inside its cell). Pixels with exclusive right / bottom edges, divided by
+        ``image_size`` when ``normalized``. The same layout as ``load_image(i)`` draws.
+        """
+        if kind not in ("cell", "item"):
+            raise ValueError(f"fashion_mosaic: kind must be 'cell' or 'item', got {kind!r}")
+        items = self.layout(i)
+        b = np.array([it.box for it in items], dtype=np.float64).reshape(-1, 4)
+        if kind == "cell":  # the cell whose edges enclose the item's top-left corner
+            e = self.cell_edges
+            col = np.searchsorted(e, b[:, 0], side="right") - 1
+            row = np.searchsorted(e, b[:, 1], side="right") - 1
+            b = np.stack([e[col], e[row], e[col + 1], e[row + 1]], axis=1).astype(np.float64)
+        cls = np.array([it.cls for it in items], dtype=np.float64)
+        out = np.concatenate([cls[:, None], b], axis=1)
+        if normalized:
+            out[:, 1:] /= self.image_size
+        return out
+
+    def boxes(self, kind: str = "cell", normalized: bool = True) -> list[np.ndarray]:
+        """``item_boxes`` of every row, aligned with ``ids`` (for the pointing game)."""
+        return [self.item_boxes(i, kind, normalized) for i in range(len(self))]
 
 
 @DATASETS.register("fashion_mosaic")

@@ -101,4 +101,56 @@ def yolo(root: str | None = None, split: str | None = None,
     return MultiLabelDataset(paths, torch.from_numpy(targets), labels, ids=stems, info=info)
 
 
-__all__ = ["yolo", "IMAGE_EXTENSIONS"]
+def load_yolo_boxes(ds: MultiLabelDataset) -> list[np.ndarray]:
+    """The boxes of a ``yolo`` dataset (or a subset / fold of one), aligned with ``ds.ids``.
+
+    One float64 array ``(K, 5)`` per row: ``(class, x1, y1, x2, y2)``, normalized xyxy
+    clipped to [0, 1] (YOLO's ``cx cy w h`` turned into corners; a polygon line gives the
+    box around its points). An image without a label file gets ``(0, 5)``. Lines the loader
+    did not count as labels (blank, bad class, fewer than 5 columns) are left out; a label
+    line whose coordinates do not parse raises ``DataError`` naming it.
+    """
+    if ds.info.get("dataset") != "yolo":
+        raise DataError(f"load_yolo_boxes: expected a yolo dataset, got "
+                        f"{ds.info.get('dataset')!r}")
+    base, split = Path(ds.info["root"]), ds.info.get("split")
+    label_dir = base / "labels" / split if split else base / "labels"
+    c = len(ds.labels)
+    out = []
+    for stem in ds.ids:
+        path = label_dir / f"{stem}.txt"
+        rows: list[list[float]] = []
+        if path.is_file():
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+            for lineno, line in enumerate(lines, 1):
+                parts = line.split()
+                if len(parts) < 5:
+                    continue
+                try:
+                    k = int(parts[0])
+                except ValueError:
+                    continue
+                if not 0 <= k < c:
+                    continue
+                try:
+                    v = np.array([float(p) for p in parts[1:]])
+                except ValueError:
+                    raise DataError(f"{path}:{lineno}: coordinates of {line!r} are not "
+                                    "numbers") from None
+                if len(v) == 4:
+                    (cx, cy, w, h) = v
+                    rows.append([k, cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+                elif len(v) >= 6 and len(v) % 2 == 0:
+                    xy = v.reshape(-1, 2)
+                    rows.append([k, *xy.min(0), *xy.max(0)])
+                else:
+                    raise DataError(f"{path}:{lineno}: {len(v)} coordinates; expected 4 "
+                                    "(cx cy w h) or an even number >= 6 (a polygon)")
+        a = np.array(rows, dtype=np.float64).reshape(-1, 5)
+        a[:, 1:] = np.clip(a[:, 1:], 0.0, 1.0)
+        out.append(a)
+    return out
+
+
+__all__ = ["yolo", "load_yolo_boxes", "IMAGE_EXTENSIONS"]

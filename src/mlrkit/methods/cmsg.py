@@ -55,8 +55,13 @@ class CMSG(nn.Module):
     Options: ``hidden_dim`` (d), ``heads``, ``layers`` (for both SGA and SAA unless
     ``sga_layers`` / ``saa_layers`` are given), ``ff_dim`` (default ``4 d``), ``dropout``,
     ``tau`` / ``p`` (correlation matrix), switches ``sga`` / ``saa`` / ``correlation``
-    (ablations), ``correlation_mode`` (``"weight"`` or ``"mask"``), ``return_attention``
-    (compute the last cross-attention weights for ``Output.attention``).
+    (ablations), ``correlation_mode`` (``"weight"`` or ``"mask"``), ``return_attention``.
+
+    ``Output.attention`` is the class formation's attention over positions (one query per
+    class from its label embedding): the class-specific map. The last SAA cross-attention
+    (averaged over heads) goes to ``extras["saa_attention"]``: its class queries are nearly
+    alike after SGA, so its maps are nearly one map per image (docs/methods.md, "Pointing
+    game").
     """
 
     def __init__(self, in_dim: int, num_classes: int,
@@ -150,12 +155,16 @@ class CMSG(nn.Module):
             hc, _ = layer(hc, attn_mask=bias)
 
         n_saa = len(self.saa_layers)
+        saa_attn = None
         for i, layer in enumerate(self.saa_layers):
             last = self.return_attention and i == n_saa - 1
             hc, a = layer(hc, memory, pos, need_weights=last)
             if last:
-                attn = a
+                saa_attn = a.reshape(b, self.num_classes, h, w)
 
         logits = self.classifier(hc)
         attention = attn.reshape(b, self.num_classes, h, w) if self.return_attention else None
-        return Output(logits=logits, attention=attention, extras={"class_features": hc})
+        extras = {"class_features": hc}
+        if saa_attn is not None:
+            extras["saa_attention"] = saa_attn
+        return Output(logits=logits, attention=attention, extras=extras)
