@@ -2,7 +2,7 @@
 
 from importlib import import_module
 
-_MODULES = ["baseline", "mlgcn", "ssgrl", "dlsa", "cmsg"]
+_MODULES = ["baseline", "mlgcn", "ssgrl", "dlsa", "cmsg", "sigrl", "coop", "sdcsp"]
 
 for _m in _MODULES:
     try:
