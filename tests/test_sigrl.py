@@ -431,3 +431,49 @@ def test_bad_options_and_inputs() -> None:
     with pytest.raises(ValueError, match="NaN"):
         head(Features(map=torch.randn(B, D, 2, 2)),
              label_embeddings=torch.full((2, D), float("nan")))
+
+
+def test_predict_scores_label_names_given_at_predict_time(tmp_path, capsys):
+    """Train SigRL on 3 colour names, then score names it never saw (--labels)."""
+    import json
+
+    import yaml
+
+    from conftest import make_color_images
+    from mlrkit import cli
+
+    tr = make_color_images(tmp_path / "imgs", 16, size=32)
+    names = str(tmp_path / "imgs" / "names.txt")
+    cfg = {"name": "sigrl", "seed": 0, "output_dir": str(tmp_path / "runs"),
+           "model": {"name": "sigrl", "backbone": "efficientnet_lite0", "pretrained": True,
+                     "freeze_backbone": True, "label_embeddings": "glove50",
+                     "options": {"topk": 1, "gat_hidden": 8, "class_chunk": 0}},
+           "data": {"train": {"name": "list", "labels_file": str(tr), "names": names},
+                    "val": {"name": "list", "labels_file": str(tr), "names": names},
+                    "image_size": 32, "batch_size": 8, "num_workers": 0, "cache": True,
+                    "cache_dir": str(tmp_path / "cache")},
+           "loss": {"name": "ranking"}, "optim": {"name": "adam", "lr": 1e-3},
+           "train": {"epochs": 1, "progress": False, "amp": "none"}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert cli.main(["train", "--config", str(tmp_path / "cfg.yaml"), "--no-report"]) == 0
+    capsys.readouterr()
+    img = str(tmp_path / "imgs" / "img0000.png")
+    assert cli.main(["predict", "--checkpoint", str(tmp_path / "runs" / "sigrl"), "--json",
+                     "--labels", "red,yellow,purple,blue", img]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert list(res["scores"]) == ["red", "yellow", "purple", "blue"]
+    # without --labels the trained label set is scored
+    assert cli.main(["predict", "--checkpoint", str(tmp_path / "runs" / "sigrl"), "--json",
+                     img]) == 0
+    seen = json.loads(capsys.readouterr().out)["scores"]
+    assert set(seen) == {"red", "green", "blue"}
+
+
+def test_fixed_label_heads_refuse_label_embeddings():
+    from mlrkit import create_model
+    from mlrkit.structures import Features
+
+    m = create_model("baseline", backbone="cached", in_dim=8, num_classes=3)
+    assert not m.open_vocabulary
+    with pytest.raises(ValueError, match="fixed label set"):
+        m(Features(map=torch.randn(1, 8, 2, 2)), label_embeddings=torch.randn(4, 5))

@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when fewer classes pass their thresholds, name the highest-scoring "
                    "ones up to N (default 1; 0: none)")
     p.add_argument("--top-k", type=int, metavar="K", help="name at most K classes per image")
+    p.add_argument("--labels", metavar="A,B,...", help="score these label names instead of the "
+                   "trained ones (open-vocabulary methods such as sigrl; comma-separated)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print one JSON object per image")
     out.add_argument("--csv", action="store_true",
@@ -185,6 +187,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import Predictor
 
     pred = Predictor.from_checkpoint(args.checkpoint, max_image_pixels=args.max_image_pixels)
+    if args.labels:
+        pred.set_labels(args.labels.split(","), threshold=args.threshold)
     images = _expand_images(args.images)
     names = list(pred.labels.names)
     writer = None

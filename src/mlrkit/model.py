@@ -32,9 +32,24 @@ class MLRModel(nn.Module):
     def num_classes(self) -> int:
         return int(self.head.num_classes)
 
-    def forward(self, x: torch.Tensor | Features) -> Output:
+    @property
+    def open_vocabulary(self) -> bool:
+        """True when the head scores any label set handed to ``forward`` (zero-shot)."""
+        import inspect
+
+        return "label_embeddings" in inspect.signature(self.head.forward).parameters
+
+    def forward(self, x: torch.Tensor | Features,
+                label_embeddings: torch.Tensor | None = None) -> Output:
+        """The head's output for images or ready features; ``label_embeddings`` (C', E)
+        makes an open-vocabulary head score that label set instead of its own."""
         feats = x if isinstance(x, Features) else self.backbone(x)
-        return self.head(feats)
+        if label_embeddings is None:
+            return self.head(feats)
+        if not self.open_vocabulary:
+            raise ValueError(f"method {self.method!r} scores the fixed label set it was "
+                             "trained on; it takes no label embeddings at inference")
+        return self.head(feats, label_embeddings=label_embeddings)
 
 
 def list_models() -> list[str]:

@@ -83,6 +83,8 @@ class Predictor:
 
         self.model = model.to(device).eval()
         self.labels = labels
+        self.label_embeddings: torch.Tensor | None = None  # set by set_labels
+        self.embedding_source: str | None = None  # how the checkpoint embedded its labels
         self.thresholds = torch.as_tensor(list(thresholds), dtype=torch.float32)
         self.device = torch.device(device)
         self.max_image_pixels = max_image_pixels
@@ -98,8 +100,32 @@ class Predictor:
         model, cfg, meta = load_model(checkpoint, device)
         limit = max_image_pixels if max_image_pixels is not None else getattr(
             cfg.data, "max_image_pixels", None)
-        return cls(model, LabelSpace(tuple(meta["label_names"])), meta["thresholds"],
+        pred = cls(model, LabelSpace(tuple(meta["label_names"])), meta["thresholds"],
                    cfg.data.image_size, device, limit)
+        pred.embedding_source = cfg.model.label_embeddings
+        pred.default_threshold = cfg.eval.threshold
+        return pred
+
+    def set_labels(self, names: Sequence[str], threshold: float | None = None) -> None:
+        """Score ``names`` from now on, labels the model may never have seen (open-vocabulary
+        heads such as ``sigrl``): their embeddings come from the source the checkpoint was
+        trained with; every class gets ``threshold`` (default: the config's
+        ``eval.threshold``), since no validation chose one for them."""
+        from .semantics.embeddings import label_embeddings
+
+        names = [str(n).strip() for n in names if str(n).strip()]
+        if not names:
+            raise ValueError("set_labels: no label names given")
+        if not self.model.open_vocabulary:
+            raise ValueError(f"method {self.model.method!r} scores only the labels it was "
+                             "trained on; --labels needs an open-vocabulary method (sigrl)")
+        if not self.embedding_source:
+            raise ValueError("set_labels: the checkpoint names no label-embedding source")
+        emb = label_embeddings(self.embedding_source, names)
+        self.label_embeddings = emb.to(self.device)
+        self.labels = LabelSpace(tuple(names))
+        thr = threshold if threshold is not None else getattr(self, "default_threshold", 0.5)
+        self.thresholds = torch.full((len(names),), float(thr))
 
     def _open(self, img: str | Path | Image.Image) -> Image.Image:
         if isinstance(img, Image.Image):
@@ -150,7 +176,8 @@ class Predictor:
                     errors.append(str(e))
             good = [t for t in tensors if t is not None]
             if good:
-                res = self.model(torch.stack(good).to(self.device))
+                res = self.model(torch.stack(good).to(self.device),
+                                 label_embeddings=self.label_embeddings)
                 probs = torch.sigmoid(res.logits.float()).cpu()
             k = 0
             for j, name in enumerate(names):
