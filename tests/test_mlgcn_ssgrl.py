@@ -168,3 +168,100 @@ def test_ssgrl_proj_dim_is_a_1x1_convolution_before_decoupling():
     projected = torch.einsum("od,bdhw->bohw", w, x) + b[None, :, None, None]
     m.head.proj = None
     torch.testing.assert_close(m(Features(map=projected)).logits, out.logits)
+
+
+# --- the blocked decoupling against the former (whole-tensor) forward ------------------------
+
+def _former_ssgrl_forward(head: SSGRL, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SSGRL head's forward as it was before the decoupling was computed in blocks, kept
+    as the reference: the (B, C, HW, d) tanh tensor of eq. 1 formed whole, ``f_a o P`` as one
+    vector (eq. 2), attention pooling (eq. 3), the GGNN (eq. 4-6) and the output (eq. 7-8)."""
+    x = head.proj(fmap) if head.proj is not None else fmap
+    dec, gg = head.decouple, head.ggnn
+    b, _, h, w = x.shape
+    uf = dec.u(x.flatten(2).transpose(1, 2))  # (B, HW, d)
+    vx = dec.v(head.embeddings)  # (C, d)
+    z = torch.tanh(uf[:, None, :, :] * vx[None, :, None, :])  # eq. 1, (B, C, HW, d)
+    s = (z @ (dec.p.weight.T @ dec.fa.weight.T)).squeeze(-1) + dec.fa(dec.p.bias)
+    a = torch.softmax(s, dim=-1)  # eq. 2
+    f = torch.bmm(a, x.flatten(2).transpose(1, 2))  # eq. 3, (B, C, D)
+    hid, d = f, gg.dim
+    for _ in range(gg.steps):
+        wa = gg.w(torch.cat([head.adj @ hid, head.adj.transpose(0, 1) @ hid], dim=-1))  # eq. 4
+        zr = torch.sigmoid(wa[..., :2 * d] + gg.u_zr(hid))
+        zg, r = zr[..., :d], zr[..., d:]
+        cand = torch.tanh(wa[..., 2 * d:] + gg.u_h(r * hid))
+        hid = (1 - zg) * hid + zg * cand  # eq. 5
+    o = torch.tanh(head.fo(torch.cat([hid, f], dim=-1)))  # eq. 7
+    logits = torch.einsum("bcd,cd->bc", o, head.classifier.weight) + head.classifier.bias
+    return logits, a.view(b, -1, h, w)  # eq. 8
+
+
+def _logits_attention_grads(head: SSGRL, fn, fmap: torch.Tensor, weights: torch.Tensor):
+    head.zero_grad(set_to_none=True)
+    x = fmap.clone().requires_grad_()
+    logits, attn = fn(x)
+    ((logits * weights).sum() + (attn * attn).sum()).backward()
+    return logits.detach(), attn.detach(), x.grad, {n: p.grad for n, p in head.named_parameters()}
+
+
+# budgets: whole images per block (3 of 4 images, so a short last block), runs of 3 classes
+# of one image, and a single (image, class) pair per block
+@pytest.mark.parametrize("block", [3 * 7 * 12 * 6, 3 * 12 * 6, 1])
+@pytest.mark.parametrize("proj_dim", [None, 9])
+def test_ssgrl_equals_former_forward(monkeypatch, block: int, proj_dim: int | None) -> None:
+    from mlrkit.nn import decoupling
+
+    monkeypatch.setattr(decoupling, "BILINEAR_BLOCK", block)
+    g = torch.Generator().manual_seed(4)
+    n_cls, dim = 7, 10
+    emb = torch.randn(n_cls, E_DIM, generator=g)
+    targets = torch.where(torch.rand(40, n_cls, generator=g) < 0.4, 1, -1)
+    torch.manual_seed(4)
+    head = SSGRL(dim, n_cls, emb, label_graph("conditional", targets), inter_dim=6, steps=2,
+                 proj_dim=proj_dim)
+    fmap = torch.randn(4, dim, 3, 4, generator=g).clamp_min(0)  # ReLU-like, 12 positions
+    weights = torch.randn(4, n_cls, generator=g)
+    new = _logits_attention_grads(
+        head, lambda x: (lambda o: (o.logits, o.attention))(head(Features(map=x))), fmap, weights)
+    old = _logits_attention_grads(head, lambda x: _former_ssgrl_forward(head, x), fmap, weights)
+    torch.testing.assert_close(new[0], old[0])  # logits
+    torch.testing.assert_close(new[1], old[1])  # attention maps
+    torch.testing.assert_close(new[2], old[2])  # gradient of the input map
+    assert new[3].keys() == old[3].keys()
+    for name in old[3]:
+        torch.testing.assert_close(new[3][name], old[3][name], msg=name)
+    with torch.no_grad():  # inference takes the same path without saving anything
+        torch.testing.assert_close(head(Features(map=fmap)).logits, old[0])
+
+
+def test_tanh_bilinear_scores_gradcheck(monkeypatch) -> None:
+    from mlrkit.nn import decoupling
+
+    monkeypatch.setattr(decoupling, "BILINEAR_BLOCK", 2 * 3 * 4)  # runs of 2 classes
+    g = torch.Generator().manual_seed(5)
+    uf = torch.randn(2, 3, 4, dtype=torch.float64, generator=g).requires_grad_()
+    vx = torch.randn(5, 4, dtype=torch.float64, generator=g).requires_grad_()
+    w = torch.randn(4, dtype=torch.float64, generator=g).requires_grad_()
+    fn = decoupling._TanhBilinearScores.apply
+    assert torch.autograd.gradcheck(fn, (uf, vx, w))
+    ref = (torch.tanh(uf[:, None] * vx[None, :, None]) * w).sum(-1)
+    torch.testing.assert_close(fn(uf, vx, w), ref)
+    # only some inputs needing a gradient
+    vx2 = vx.detach()
+    fn(uf, vx2, w.detach()).sum().backward()
+    assert vx2.grad is None and uf.grad is not None
+
+
+def test_ssgrl_bf16_autocast_close_to_float32() -> None:
+    emb, _, P = _semantics()
+    torch.manual_seed(6)
+    head = SSGRL(D, C, emb, P, inter_dim=5, steps=2, proj_dim=6)
+    fmap = torch.randn(2, D, H, W)
+    ref = head(Features(map=fmap)).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(Features(map=fmap))
+    assert out.logits.dtype == torch.float32  # the class-wise classifier runs in float32
+    torch.testing.assert_close(out.logits, ref, atol=0.05, rtol=0.05)
+    out.logits.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in head.parameters())
