@@ -120,7 +120,10 @@ def test_full_head_composes_the_equations() -> None:
     v, a = SemanticAlignmentAttention(D)(fmap, e2)
     ref = head.classifier(head.reason(v))
     torch.testing.assert_close(out.logits, ref)
-    torch.testing.assert_close(out.attention, a)
+    torch.testing.assert_close(out.extras["attention_weights"], a)
+    # the returned maps are the alignment scores before the sigmoid (no saturated ties)
+    torch.testing.assert_close(out.attention, torch.einsum("cd,bdhw->bchw", e2, fmap))
+    torch.testing.assert_close(torch.sigmoid(out.attention), a)
     assert out.logits.shape == (2, C) and out.attention.shape == (2, C, H, W)
 
 
@@ -159,7 +162,9 @@ def test_projection_when_backbone_dim_differs(num_classes: int) -> None:
     e2 = head.gcn(emb, A)
     v, a = SemanticAlignmentAttention(D)(proj, e2)
     torch.testing.assert_close(out.logits, head.classifier(head.reason(v)), atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(out.attention, a, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out.extras["attention_weights"], a, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out.attention, torch.einsum("cd,bdhw->bchw", e2, proj),
+                               atol=1e-4, rtol=1e-4)
     no_sd = DLSA(10, num_classes, emb, A, sd=False, sar=False, d1=5, d2=D)
     g = proj_of(no_sd, fmap).mean(dim=(2, 3))
     ref = torch.einsum("bd,cd,cd->bc", g, 1 + no_sd.gcn(emb, A), no_sd.classifier.weight)

@@ -145,9 +145,11 @@ class DLSA(nn.Module):
     def forward(self, features: Features) -> Output:
         fmap = features.map
         s = self.semantics()
-        attn = None
+        attn = weights = None
         if self.align is not None:
-            v, attn = self.align(fmap, s, self.proj)  # DLSA eq. 3
+            # the maps returned are the alignment scores before the sigmoid: in float32 the
+            # sigmoid is exactly 1 above ~17, which ties most cells at the peak
+            v, weights, attn = self.align(fmap, s, self.proj, return_logits=True)  # DLSA eq. 3
         else:
             g = fmap.mean(dim=(2, 3))
             g = (self.proj(g) if self.proj is not None else g)[:, None, :]  # (B, 1, d2)
@@ -159,4 +161,5 @@ class DLSA(nn.Module):
                 v = g * s[None]
         if self.reason is not None:
             v = self.reason(v)  # DLSA eq. 4-6
-        return Output(logits=self.classifier(v), attention=attn)  # DLSA eq. 7
+        extras = {} if weights is None else {"attention_weights": weights}
+        return Output(logits=self.classifier(v), attention=attn, extras=extras)  # DLSA eq. 7

@@ -218,8 +218,10 @@ class SemanticAlignmentAttention(nn.Module):
         self.scale = 1.0 / math.sqrt(dim) if scale else 1.0
 
     def forward(self, fmap: torch.Tensor, semantics: torch.Tensor,
-                proj: nn.Linear | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``fmap`` (B, D, H, W), ``semantics`` (C, D) -> vectors (B, C, D), maps (B, C, H, W).
+                proj: nn.Linear | None = None, return_logits: bool = False
+                ) -> tuple[torch.Tensor, ...]:
+        """``fmap`` (B, D, H, W), ``semantics`` (C, D) -> vectors (B, C, D), maps (B, C, H, W)
+        and, with ``return_logits``, the alignment scores before the sigmoid (B, C, H, W).
 
         With ``proj`` (a ``Linear(D_in, D)``) the map has ``D_in`` channels and is read as
         ``proj(f_hw)``. The projection is linear, so it is moved to the cheaper side: onto the
@@ -236,14 +238,17 @@ class SemanticAlignmentAttention(nn.Module):
             if semantics.shape[-1] != fmap.shape[1]:
                 raise ValueError(f"semantic alignment: class vectors have {semantics.shape[-1]}"
                                  f" dims, the feature map {fmap.shape[1]} channels")
-            a = torch.sigmoid(self._align(semantics, fmap) * self.scale).view(b, -1, h, w)
-            return attention_pool(fmap, a, normalize=True), a  # DLSA eq. 3
+            logits = (self._align(semantics, fmap) * self.scale).view(b, -1, h, w)
+            a = torch.sigmoid(logits)
+            v = attention_pool(fmap, a, normalize=True)  # DLSA eq. 3
+            return (v, a, logits) if return_logits else (v, a)
         s_in = semantics @ proj.weight  # (C, D_in): P^T s_c
-        logits = self._align(s_in, fmap) + (semantics @ proj.bias)[:, None]
-        a = torch.sigmoid(logits * self.scale).view(b, -1, h, w)
+        logits = ((self._align(s_in, fmap) + (semantics @ proj.bias)[:, None])
+                  * self.scale).view(b, -1, h, w)
+        a = torch.sigmoid(logits)
         u = attention_pool(fmap, a, normalize=True)  # (B, C, D_in)
         v = u @ proj.weight.T + a.mean(dim=(2, 3))[..., None] * proj.bias  # DLSA eq. 3
-        return v, a
+        return (v, a, logits) if return_logits else (v, a)
 
     @staticmethod
     def _align(semantics: torch.Tensor, fmap: torch.Tensor) -> torch.Tensor:
