@@ -256,30 +256,19 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _read_weight_file(path: Path, name: str) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {name} weight file not found")
-    try:
-        if _is_torchscript(path):
-            with warnings.catch_warnings():  # torch marks torch.jit as deprecated
-                warnings.simplefilter("ignore", FutureWarning)
-                sd: Any = torch.jit.load(str(path), map_location="cpu").state_dict()
-        elif path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    """A CLIP weight file as a state dict: OpenAI's TorchScript archives, else what
+    ``load_state_dict_file`` reads (``module.`` prefixes removed)."""
+    from .cnn import load_state_dict_file
 
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch/safetensors raise many types for bad files
+    if not path.is_file() or not _is_torchscript(path):
+        return load_state_dict_file(path, name, prefixes=("module.",))
+    try:
+        with warnings.catch_warnings():  # torch marks torch.jit as deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            sd = torch.jit.load(str(path), map_location="cpu").state_dict()
+    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
         raise ValueError(f"{path}: not a readable weight file ({type(e).__name__}: {e})") from None
-    for key in ("state_dict", "model"):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{path}: expected a state dict of tensors")
-    sd = dict(sd)
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    return sd
+    return dict(sd)
 
 
 class ClipResNet(ClipBackbone):

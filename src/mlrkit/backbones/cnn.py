@@ -9,7 +9,7 @@ wrapped in ``state_dict`` / ``model`` or saved from this backbone, ``.pth`` or
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,12 @@ from .base import Backbone, Preprocessing
 __all__ = ["ResNetBackbone", "load_state_dict_file"]
 
 
-def load_state_dict_file(path: str | Path, name: str = "backbone") -> dict[str, torch.Tensor]:
-    """Read a weight file into a flat state dict of tensors (``.pth``/``.pt``/``.safetensors``)."""
+def load_state_dict_file(path: str | Path, name: str = "backbone",
+                         prefixes: Sequence[str] = ("module.", "body.", "backbone.")
+                         ) -> dict[str, torch.Tensor]:
+    """Read a weight file into a flat state dict of tensors (``.pth``/``.pt``/``.safetensors``,
+    plain or under ``state_dict`` / ``model``); a prefix in ``prefixes`` that every key
+    carries is removed."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {name} weight file not found")
@@ -42,7 +46,7 @@ def load_state_dict_file(path: str | Path, name: str = "backbone") -> dict[str, 
             sd = sd[key]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ValueError(f"{path}: expected a state dict of tensors")
-    for prefix in ("module.", "body.", "backbone."):
+    for prefix in prefixes:
         if sd and all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items()}
     return sd
