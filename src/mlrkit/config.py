@@ -32,6 +32,9 @@ class ModelConfig:
     backbone_trainable: list[str] | None = None
     label_embeddings: str | None = None  # "glove50", "minilm", or a .pkl/.npy/.txt path
     label_graph: str | None = None  # "cooccurrence", "cosine:<source>", or an adj .pkl path
+    # prompt template of "clip:<tower>" label embeddings ("{}" = the label name); null: the
+    # default "There is a {} in the scene."
+    label_template: str | None = None
     options: dict[str, Any] = field(default_factory=dict)  # method options
 
 
@@ -53,12 +56,35 @@ class DataConfig:
     # Pillow's decompression-bomb limit in pixels (an image over twice it is refused);
     # null: Pillow's default (89.5 M), 0: no limit
     max_image_pixels: int | None = None
+    # zero-shot: labels kept out of training (a list of class names, or a text file with one
+    # name per line); the model trains and validates on the other (seen) labels, and eval
+    # reports ZSL (unseen labels) and GZSL (all labels) next to the usual metrics
+    unseen: list[str] | str | None = None
+
+
+@dataclass
+class LossTerm:
+    """A further loss term added to the main loss: ``weight * loss(student, teacher)``.
+
+    ``student`` / ``teacher`` name what is compared: ``logits`` or a key of the head's
+    ``Output.extras`` (e.g. ``global_feature``). ``teacher_model``: ``initial`` = a frozen
+    copy of the model as built, before any training step (SigRL eq. 16: the pretrained
+    CLIP image tower); ``none`` = the teacher value comes from the trained model's own
+    output (a term on two of its outputs)."""
+
+    name: str = "l1_distill"
+    weight: float = 1.0
+    student: str = "global_feature"
+    teacher: str = "global_feature"
+    teacher_model: str = "initial"
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class LossConfig:
     name: str = "bce"
     options: dict[str, Any] = field(default_factory=dict)
+    terms: list[LossTerm] = field(default_factory=list)  # further terms (distillation, ...)
 
 
 @dataclass
@@ -140,6 +166,7 @@ _ENUMS = {
     "eval.ap_mode": ("sklearn", "voc", "voc11"),
     "eval.thresholds": ("per_class", "fixed"),
     "data.cache_dtype": ("float16", "float32", "bfloat16"),
+    "LossTerm.teacher_model": ("initial", "none"),
 }
 
 
@@ -246,8 +273,9 @@ def _from_dict(cls: type, data: Any, prefix: str = "") -> Any:
         if k not in names:
             raise ConfigError(f"{key}: unknown key; allowed: {', '.join(sorted(names))}")
         kwargs[k] = _check_value(v, hints[k], key)
-        if key in _ENUMS and kwargs[k] not in _ENUMS[key]:
-            raise ConfigError(f"{key}: {kwargs[k]!r} is not one of {', '.join(_ENUMS[key])}")
+        enum = _ENUMS.get(key) or _ENUMS.get(f"{cls.__name__}.{k}")
+        if enum and kwargs[k] not in enum:
+            raise ConfigError(f"{key}: {kwargs[k]!r} is not one of {', '.join(enum)}")
         _check_bounds(key, kwargs[k])
     return cls(**kwargs)
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..config import Config, ConfigError, config_from_dict, deep_merge, parse_overrides
-from ..metrics import EvaluationReport
+from ..metrics import EvaluationReport, ZeroShotReport, zero_shot_metrics
 from ..metrics import evaluate as evaluate_scores
 from ..predict import load_model
 from . import builders
@@ -40,6 +40,8 @@ class CheckpointPredictions:
     inputs: Any = field(repr=False)  # what the model was fed: images or cached features
     cached: bool = False
     batch_size: int = 16
+    zero_shot: ZeroShotReport | None = None  # zero-shot runs: ZSL and GZSL metrics
+    label_embeddings: torch.Tensor | None = field(default=None, repr=False)  # scored set
 
     @property
     def probs(self) -> torch.Tensor:
@@ -69,7 +71,9 @@ class CheckpointPredictions:
         out: list[torch.Tensor] = []
         for start in range(0, len(rows), self.batch_size):
             xs = torch.stack([self.inputs[i][0] for i in rows[start:start + self.batch_size]])
-            res = self.model(builders.as_model_input(xs.to(self.device), self.cached))
+            kw = ({} if self.label_embeddings is None
+                  else {"label_embeddings": self.label_embeddings.to(self.device)})
+            res = self.model(builders.as_model_input(xs.to(self.device), self.cached), **kw)
             if res.attention is None:
                 return None
             out.append(res.attention.float().cpu())
@@ -112,6 +116,9 @@ def predict_checkpoint(checkpoint: str | Path, overrides: list[str] | None = Non
     model.to(device)
     val = builders.load_split(cfg, "val")
     names = list(meta["label_names"])
+    zs = meta.get("zero_shot")
+    if zs:  # zero-shot run: scored on every label, seen and unseen
+        names = list(zs["names"])
     if list(val.labels.names) != names:
         raise ConfigError(f"data.val: its classes ({len(val.labels)}) differ from the "
                           f"checkpoint's ({len(names)})")
@@ -123,27 +130,51 @@ def predict_checkpoint(checkpoint: str | Path, overrides: list[str] | None = Non
     bs = cfg.data.eval_batch_size or cfg.data.batch_size
     loader, _ = builders.make_loader(val_in, bs, False, info, cfg.seed, cfg.data.num_workers)
     amp = resolve_amp(cfg.train.amp, device)
-    logits = predict_logits(model, loader, device, amp, cfg.data.cache, info, len(val_in),
-                            progress=cfg.train.progress)
+
+    def scores(bank: torch.Tensor | None) -> torch.Tensor:
+        return predict_logits(model, loader, device, amp, cfg.data.cache, info, len(val_in),
+                              progress=cfg.train.progress, label_embeddings=bank)
+
+    unseen = bank = None
+    if zs:
+        unseen = torch.tensor([n in set(zs["unseen"]) for n in names])
+        bank = meta["label_bank"]
+        logits = scores(bank)  # GZSL: one forward over all labels
+    else:
+        logits = scores(None)
     threshold: Any = cfg.eval.threshold
     explicit = any(o.split("=", 1)[0].strip() == "eval.threshold" for o in overrides or [])
     if cfg.eval.thresholds == "per_class" and not explicit and "thresholds" in meta:
         threshold = np.asarray(meta["thresholds"], dtype=np.float64)  # chosen on validation
+        if unseen is not None:  # chosen for the seen labels; the unseen get eval.threshold
+            full = np.full(len(names), cfg.eval.threshold)
+            full[~unseen.numpy()] = threshold
+            threshold = full
     report = evaluate_scores(logits, val.targets, scores_are="logits", zero_means="unknown",
                              threshold=threshold, top_k=cfg.eval.top_k or None,
                              ap_mode=cfg.eval.ap_mode)
     report.skipped = list(val.info.get("skipped", []))  # type: ignore[attr-defined]
+    zero_shot = report.zero_shot = None  # type: ignore[attr-defined]
+    if unseen is not None:
+        # ZSL: a second forward with the unseen labels alone (the GAT, the attention sums and
+        # the score normalization of an open-vocabulary head depend on the scored set)
+        zsl_logits = scores(bank[unseen])
+        zero_shot = zero_shot_metrics(logits, val.targets, unseen, zsl_scores=zsl_logits,
+                                      ap_mode=cfg.eval.ap_mode, zero_means="unknown")
+        report.zero_shot = zero_shot  # type: ignore[attr-defined]
     return CheckpointPredictions(
         report=report, names=names, logits=logits.float(), targets=val.targets,
         dataset=val, threshold=threshold, checkpoint=resolve_checkpoint(checkpoint),
         split=describe_split(cfg.data.val), config=cfg, meta=meta, model=model,
-        device=device, inputs=val_in, cached=bool(cfg.data.cache), batch_size=bs)
+        device=device, inputs=val_in, cached=bool(cfg.data.cache), batch_size=bs,
+        zero_shot=zero_shot, label_embeddings=bank)
 
 
 def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str] | None = None
                         ) -> tuple[Any, list[str]]:
     """Return (metrics report, class names) of a checkpoint on ``data.val`` of its config,
-    after ``overrides`` such as ``data.val.root=/elsewhere``."""
+    after ``overrides`` such as ``data.val.root=/elsewhere``. For a zero-shot run the report
+    covers all labels and carries the ZSL / GZSL metrics as ``report.zero_shot``."""
     res = predict_checkpoint(checkpoint, overrides)
     return res.report, res.names
 

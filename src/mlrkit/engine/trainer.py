@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import inspect
 import io
@@ -63,13 +64,16 @@ def autocast(device: torch.device, amp: str):
 
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, loader, device: torch.device, amp: str, cached: bool,
-                   info: DistInfo, total: int, progress: bool = False) -> torch.Tensor:
-    """Logits (N, C) over a loader's dataset, gathered across ranks, in dataset order."""
+                   info: DistInfo, total: int, progress: bool = False,
+                   label_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits (N, C) over a loader's dataset, gathered across ranks, in dataset order;
+    ``label_embeddings`` (C', E): an open-vocabulary model scores that label set instead."""
+    kw = {} if label_embeddings is None else {"label_embeddings": label_embeddings.to(device)}
     model.eval()
     idx_all, out_all = [], []
     for x, _, idx, real in tqdm(loader, desc="eval", leave=False, disable=not progress):
         with autocast(device, amp):
-            out = model(builders.as_model_input(x.to(device), cached))
+            out = model(builders.as_model_input(x.to(device), cached), **kw)
         out_all.append(out.logits.float().cpu()[real])  # padding rows left out
         idx_all.append(idx[real])
     logits = torch.cat(out_all) if out_all else torch.empty(0, 0)
@@ -120,13 +124,28 @@ class Trainer:
         val_ds = builders.load_split(cfg, "val")
         if val_ds.labels.names != train_ds.labels.names:
             raise ConfigError("data.val: its class names differ from data.train's")
+        all_names = list(train_ds.labels.names)
+        unseen = builders.unseen_mask(cfg, all_names)
+        self.zero_shot: dict[str, Any] | None = None
+        if unseen is not None:  # train and validate on the seen labels only
+            from ..data.protocols import select_labels
+
+            train_ds, val_ds = select_labels(train_ds, ~unseen), select_labels(val_ds, ~unseen)
+            self.zero_shot = {"names": all_names,
+                              "unseen": [n for n, u in zip(all_names, unseen.tolist()) if u]}
         self.labels = train_ds.labels
         self.val_targets = val_ds.targets
         self.skipped = list(train_ds.info.get("skipped", [])) + list(
             val_ds.info.get("skipped", []))
-        self.semantics = builders.build_semantics(cfg, train_ds)
+        self.semantics = builders.build_semantics(
+            cfg, train_ds, all_names=all_names if unseen is not None else None)
         model = builders.build_model(cfg, len(self.labels), self.semantics,
                                      class_names=list(self.labels.names)).to(self.device)
+        # further loss terms; a teacher is the model as built, before any training step
+        self.terms = [(t, create_loss(t.name, **t.options)) for t in cfg.loss.terms]
+        self.teacher = None
+        if any(t.teacher_model == "initial" for t, _ in self.terms):
+            self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
         self.cached = cfg.data.cache
         if self.cached:
             train_in = builders.cached_dataset(cfg, model, train_ds, self.device, self.info)
@@ -202,6 +221,7 @@ class Trainer:
                                 if self.cfg.eval.thresholds == "per_class" else "eval.threshold"),
             "epoch": self.epoch,
             "metrics": metrics,
+            **({"zero_shot": self.zero_shot} if self.zero_shot else {}),
         }
 
     # ----------------------------------------------------------------- loop
@@ -218,6 +238,8 @@ class Trainer:
             with autocast(dev, self.amp):
                 out = self.ddp(builders.as_model_input(x, self.cached))
             loss, n_real = self._batch_loss(out.logits.float(), y, idx, real)
+            if self.terms:
+                loss = loss + self._term_loss(out, x, real)
             if self.loss_tracks_epochs:
                 seen_idx.append(idx[real])
                 seen_probs.append(torch.sigmoid(out.logits.detach().float()).cpu()[real])
@@ -271,6 +293,33 @@ class Trainer:
         world = self.info.world_size
         scale = world / max(all_reduce_sum(count, self.info), 1.0) if mean else float(world)
         return total * scale, len(keep)
+
+    def _term_loss(self, out: Any, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """The weighted sum of ``loss.terms`` on this batch's real rows. Under N ranks each
+        rank's term is scaled by its share of the global batch's real rows, so DDP's average
+        equals one process's mean over the whole batch."""
+        teacher_out = None
+        keep = real.nonzero().squeeze(1).to(out.logits.device)
+        scale = 1.0
+        if self.info.enabled:
+            scale = self.info.world_size * len(keep) / max(
+                all_reduce_sum(float(len(keep)), self.info), 1.0)
+        total = out.logits.sum() * 0.0
+        for i, (term, fn) in enumerate(self.terms):
+            student = _output_part(out, term.student, f"loss.terms[{i}].student")
+            if term.teacher_model == "initial":
+                if teacher_out is None:
+                    with torch.no_grad(), autocast(self.device, self.amp):
+                        teacher_out = self.teacher(builders.as_model_input(x, self.cached))
+                teacher = _output_part(teacher_out, term.teacher, f"loss.terms[{i}].teacher")
+            else:
+                teacher = _output_part(out, term.teacher, f"loss.terms[{i}].teacher")
+            if len(keep) == 0:
+                continue  # only padding on this rank: no term, the zero keeps it in the step
+            if self.info.enabled:
+                student, teacher = student[keep], teacher[keep]
+            total = total + term.weight * scale * fn(student.float(), teacher.float())
+        return total
 
     def _score(self, model: torch.nn.Module) -> tuple[Any, torch.Tensor]:
         logits = predict_logits(model, self.val_loader, self.device, self.amp,
@@ -406,6 +455,18 @@ class Trainer:
                               json.dumps(result, indent=2, default=str))
         self.report = report
         return result
+
+
+def _output_part(out: Any, key: str, setting: str) -> torch.Tensor:
+    """``logits`` or ``Output.extras[key]`` of a head's output."""
+    if key == "logits":
+        return out.logits
+    extras = out.extras or {}
+    if key not in extras or not isinstance(extras[key], torch.Tensor):
+        have = ", ".join(["logits", *sorted(k for k, v in extras.items()
+                                            if isinstance(v, torch.Tensor))])
+        raise ConfigError(f"{setting}: the head's output has no {key!r}; it has: {have}")
+    return extras[key]
 
 
 def _duration(seconds: float) -> str:
