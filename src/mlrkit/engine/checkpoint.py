@@ -59,7 +59,13 @@ def _canonical_header(blob: bytes) -> bytes:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory (its ``best``, else ``last``), a ``.safetensors`` or ``.json`` file."""
+    """A run directory (its ``best``, else ``last``), a ``.safetensors`` or ``.json`` file, or
+    ``hf-hub:owner/name[@revision]`` (downloaded into huggingface_hub's cache, see mlrkit.hub).
+    """
+    if str(path).startswith("hf-hub:"):
+        from ..hub import download_checkpoint
+
+        path = download_checkpoint(str(path))
     p = Path(path)
     if p.is_dir():
         for stem in ("best", "last"):
