@@ -356,3 +356,31 @@ def test_feature_cache_with_frozen_clip(tmp_path, arch):
     if bb.can_pool_map:  # a head trained from the cache still gets CLIP's global feature
         with torch.no_grad():
             torch.testing.assert_close(bb.pool(cached), f.pooled, atol=1e-5, rtol=1e-5)
+
+
+def test_sigrl_on_clip_resnet_starts_from_clip_dense_projection():
+    """SigRL on a CLIP ResNet: the patch projection starts as the attention pool's value and
+    output maps composed (DualCoOp's dense features), the global feature is the attention
+    pool output itself."""
+    from mlrkit.model import create_model
+
+    model = _clip()
+    bb = _wrap(model, image_size=128)
+    joint = model.visual.attnpool.c_proj.out_features
+    emb = torch.randn(3, joint)
+    m = create_model("sigrl", backbone=bb, num_classes=3, label_embeddings=emb,
+                     gat_hidden=8, gat_heads=2, topk=2).eval()
+    ap = model.visual.attnpool
+    x = torch.randn(5, bb.out_dim)
+    with torch.no_grad():
+        want = ap.c_proj(ap.v_proj(x))  # two affine maps, by hand
+        torch.testing.assert_close(m.head.visual_proj(x), want, atol=1e-5, rtol=1e-5)
+        img = torch.randn(2, 3, 128, 128)
+        out = m(img)
+        torch.testing.assert_close(out.extras["global_feature"], bb(img).pooled)
+    rand = create_model("sigrl", backbone=bb, num_classes=3, label_embeddings=emb,
+                        visual_init="random", gat_hidden=8, gat_heads=2, topk=2)
+    assert not torch.allclose(rand.head.visual_proj.weight, m.head.visual_proj.weight)
+    with pytest.raises(ValueError, match="clip_dense needs a CLIP ResNet"):
+        create_model("sigrl", backbone="efficientnet_lite0", num_classes=3,
+                     label_embeddings=emb, visual_init="clip_dense")

@@ -104,7 +104,8 @@ class SigRL(nn.Module):
     ``"class"``), ``vfr_reduce`` (``"sum"`` over classes as the reference code, or
     ``"mean"``), GAT ``gat_hidden`` (128), ``gat_heads`` (4), ``gat_dropout`` (0.3), and
     ``class_chunk`` (None: chunks of at most ``SIGRL_BLOCK`` elements; 0: no chunking, the
-    equations as written; n: n classes per chunk).
+    equations as written; n: n classes per chunk), ``visual_init`` (``auto``: CLIP's dense
+    projection on a CLIP ResNet, else random; ``clip_dense``; ``random``).
     """
 
     def __init__(self, in_dim: int, num_classes: int,
@@ -114,7 +115,8 @@ class SigRL(nn.Module):
                  project_labels: bool | None = None, topk: int = 16, score_norm: str = "l2",
                  relation: str = "channel", vfr_reduce: str = "sum", gat_hidden: int = 128,
                  gat_heads: int = 4, gat_dropout: float = 0.3,
-                 class_chunk: int | None = None) -> None:
+                 class_chunk: int | None = None, backbone: Any = None,
+                 visual_init: str = "auto") -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"sigrl: variant must be one of {', '.join(VARIANTS)}, "
@@ -146,6 +148,10 @@ class SigRL(nn.Module):
                                             "features' width (in_dim)")
         self.label_proj = self._projection("project_labels", project_labels, self.emb_dim,
                                            "label embeddings' width")
+        if visual_init not in ("auto", "random", "clip_dense"):
+            raise ValueError(f"sigrl: visual_init must be auto, random or clip_dense, got "
+                             f"{visual_init!r}")
+        self._init_visual(backbone, visual_init)
         if variant == "full":
             self.gat = GATv2(j, gat_hidden, j, heads=gat_heads, dropout=gat_dropout)
             self.sda_fc = nn.Linear(j, j)  # SigRL eq. 5 FC
@@ -160,6 +166,28 @@ class SigRL(nn.Module):
             raise ValueError(f"sigrl: {name}=false needs the {what} {width} to equal "
                              f"joint_dim {self.joint_dim}")
         return nn.Linear(width, self.joint_dim) if on else None
+
+    def _init_visual(self, backbone: Any, how: str) -> None:
+        """``clip_dense`` (``auto`` on a CLIP ResNet): start the patch projection as CLIP's
+        own dense projection, the attention pool's value and output maps composed into one
+        affine map ``W = W_c W_v``, ``b = W_c b_v + b_c`` (DualCoOp's dense features), so
+        the local scores start in CLIP's joint space; the pooled feature is then CLIP's
+        attention-pool output, already in that space."""
+        pool = getattr(getattr(backbone, "visual", None), "attnpool", None)
+        fits = (pool is not None and self.visual_proj is not None
+                and pool.v_proj.in_features == self.in_dim
+                and pool.c_proj.out_features == self.joint_dim)
+        if how == "clip_dense" and not fits:
+            raise ValueError("sigrl: visual_init=clip_dense needs a CLIP ResNet backbone whose "
+                             f"map width ({self.in_dim}) and joint space ({self.joint_dim}) "
+                             "match its attention pool")
+        if how == "random" or not fits:
+            return
+        with torch.no_grad():
+            wv, bv = pool.v_proj.weight.float(), pool.v_proj.bias.float()
+            wc, bc = pool.c_proj.weight.float(), pool.c_proj.bias.float()
+            self.visual_proj.weight.copy_(wc @ wv)
+            self.visual_proj.bias.copy_(wc @ bv + bc)
 
     # ------------------------------------------------------------------------ pieces
     def label_features(self, label_embeddings: torch.Tensor | None = None) -> torch.Tensor:
@@ -223,6 +251,9 @@ class SigRL(nn.Module):
             s = s / c
         return u * s  # SigRL eq. 12: M^_p = sum_c a^_cp * F_p
 
+    def _visual(self, v: torch.Tensor) -> torch.Tensor:
+        return self.visual_proj(v) if self.visual_proj is not None else v
+
     def _norm(self, s: torch.Tensor) -> torch.Tensor:
         return F.normalize(s, dim=-1) if self.score_norm == "l2" else s
 
@@ -244,14 +275,14 @@ class SigRL(nn.Module):
         h = self.label_features(label_embeddings)  # (C, D)
         pooled = features.pooled
         if pooled is None:
-            g = fmap.mean(dim=(2, 3))
-        elif pooled.shape != (bsz, self.in_dim):
-            raise ValueError(f"sigrl: features.pooled must be ({bsz}, {self.in_dim}), got "
-                             f"{tuple(pooled.shape)}")
-        else:
+            g = self._visual(fmap.mean(dim=(2, 3)))
+        elif pooled.shape == (bsz, self.in_dim):
+            g = self._visual(pooled)
+        elif pooled.shape == (bsz, self.joint_dim):  # already in the joint space (CLIP RN)
             g = pooled
-        if self.visual_proj is not None:
-            g = self.visual_proj(g)
+        else:
+            raise ValueError(f"sigrl: features.pooled must be ({bsz}, {self.in_dim}) or "
+                             f"({bsz}, {self.joint_dim}), got {tuple(pooled.shape)}")
         glob = g @ h.to(g.dtype).T  # SigRL eq. 13, global term <h_i, F_class>
         extras: dict[str, Any] = {"global_feature": g, "global_scores": glob}
         if self.variant == "projection":
