@@ -219,3 +219,19 @@ def test_method_options_are_checked_through_base(tmp_path):
            "model: {name: baseline, pretrained: false, options: {poolin: max}}\n")
     with pytest.raises(ConfigError, match=r"^model\.options\.poolin: unknown key"):
         build_model(load_config(good), 3, {})
+
+
+def test_delete_replaces_a_base_mapping(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "loss: {name: em, options: {alpha: 0.2, log_eps: 1.0e-5}}\n"
+        "optim: {lr: 0.5, lr_mult: {backbone.a: 0.1}}\n")
+    (tmp_path / "iun.yaml").write_text(
+        "_base_: base.yaml\n"
+        "loss: {_delete_: true, name: iun, options: {log_eps: 1.0e-5}}\n"
+        "optim: {lr_mult: {_delete_: true}}\n")
+    cfg = load_config(tmp_path / "iun.yaml")
+    assert cfg.loss.name == "iun" and cfg.loss.options == {"log_eps": 1e-5}  # no alpha
+    assert cfg.optim.lr == 0.5 and cfg.optim.lr_mult == {}
+    # without the marker the mappings merge key by key
+    (tmp_path / "merge.yaml").write_text("_base_: base.yaml\nloss: {name: iun}\n")
+    assert load_config(tmp_path / "merge.yaml").loss.options == {"alpha": 0.2, "log_eps": 1e-5}

@@ -193,3 +193,31 @@ def test_term_names_a_missing_output(tmp_path):
         tr.train_epoch()
     with pytest.raises(ConfigError, match="teacher_model"):
         load_config(_config(tmp_path, **{"loss.terms": [dict(TERM, teacher_model="x")]}))
+
+
+def test_predictor_takes_bank_rows_then_the_source(tmp_path, monkeypatch):
+    from mlrkit import Predictor
+    from mlrkit.engine.checkpoint import load_checkpoint
+    from mlrkit.engine.trainer import train
+    from mlrkit.semantics import embeddings
+
+    train(load_config(_config(tmp_path, **{"train.epochs": 1})))
+    run = tmp_path / "runs" / "run"
+    bank = load_checkpoint(run)[0]["__semantics__.label_bank"]
+    pred = Predictor.from_checkpoint(run, device="cpu")
+    assert list(pred.labels.names) == ["red", "green"]
+
+    def no_source(*a, **kw):
+        raise AssertionError("the bank holds these names")
+
+    monkeypatch.setattr(embeddings, "label_embeddings", no_source)
+    pred.set_labels(["blue", "red"])
+    torch.testing.assert_close(pred.label_embeddings, bank[[2, 0]])
+    img = tmp_path / "val" / "img0000.png"
+    (res,) = pred.predict([img])
+    assert list(res.scores) == ["blue", "red"]
+    monkeypatch.undo()
+    pred.set_labels(["yellow", "blue"])  # one name from the source, one from the bank
+    torch.testing.assert_close(pred.label_embeddings[0],
+                               embeddings.label_embeddings("glove50", ["yellow"])[0])
+    torch.testing.assert_close(pred.label_embeddings[1], bank[2])

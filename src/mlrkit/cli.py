@@ -112,7 +112,47 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(q)
     _add_common(p)
 
+    p = sub.add_parser("embed-labels", help="compute label embeddings (CLIP text tower, "
+                       "GloVe, MiniLM) of a list of names into a file read back by name")
+    p.add_argument("--model", required=True, help="clip_vitb16, clip_rn101, clip_rn50, "
+                   "glove50, minilm, or a GloVe .txt file")
+    p.add_argument("--weights", metavar="FILE", help="CLIP weight file (or open_clip tag; "
+                   "default: open_clip's 'openai' weights, if cached or downloadable)")
+    p.add_argument("--template", help="CLIP prompt with one {} for the name (default: "
+                   "'There is a {} in the scene', as MKT / SigRL)")
+    names = p.add_mutually_exclusive_group(required=True)
+    names.add_argument("--names", metavar="A,B,...", help="comma-separated label names")
+    names.add_argument("--names-file", action="append", metavar="FILE",
+                       help="one name a line (e.g. NUS-WIDE TagList1k.txt); repeat to join "
+                       "files, a name listed twice is kept once")
+    p.add_argument("--exclude-file", action="append", default=[], metavar="FILE",
+                   help="leave out the names listed here (NUS-WIDE's 925 seen tags: "
+                   "--names-file TagList1k.txt --exclude-file Concepts81.txt)")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help=".npz or .pkl (names + matrix), or .npy / .pt (matrix; names in "
+                   "FILE.names.txt beside it)")
+    p.add_argument("--no-normalize", action="store_true",
+                   help="CLIP: keep the raw text features (as the reference's files)")
+    p.add_argument("--device", help="CLIP: where to run the text tower (default: cuda if "
+                   "available, else cpu)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    _add_common(p)
+
     p = sub.add_parser("list-models", help="list methods and backbones")
+    _add_common(p)
+
+    p = sub.add_parser("push", help="upload a run's checkpoint and a model card to the "
+                       "Hugging Face Hub (then usable as --checkpoint hf-hub:REPO_ID)")
+    p.add_argument("run_dir", metavar="RUN_DIR",
+                   help="run directory (its best checkpoint, else last) or .safetensors file")
+    p.add_argument("repo_id", metavar="REPO_ID", help="model repository, e.g. me/dlsa-voc")
+    p.add_argument("--revision", metavar="BRANCH",
+                   help="branch to commit to (created if missing; default: main)")
+    p.add_argument("--private", action="store_true",
+                   help="create the repository private (when it does not exist yet)")
+    p.add_argument("--message", metavar="TEXT", help="commit message")
+    p.add_argument("--dry-run", metavar="DIR", help="write the files that would be uploaded "
+                   "(model card included) to DIR and upload nothing")
     _add_common(p)
     return parser
 
@@ -158,10 +198,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     else:
         report, names = evaluate_checkpoint(args.checkpoint, overrides)
     _print_skipped(getattr(report, "skipped", []))
+    zero_shot = getattr(report, "zero_shot", None)  # zero-shot runs: ZSL / GZSL metrics
+    spml = getattr(report, "spml", None)  # eval.spml: SPML metrics
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2, default=str))
+        out = report.to_dict()
+        if zero_shot is not None:
+            out["zero_shot"] = zero_shot.to_dict()
+        if spml is not None:
+            out["spml"] = spml.to_dict()
+        print(json.dumps(out, indent=2, default=str))
     else:
         print(report.format_table(names))
+        if zero_shot is not None:
+            print("\nzero-shot (ZSL: unseen labels scored alone; GZSL: all labels)")
+            print(zero_shot.format_table())
+        if spml is not None:
+            print("\nsingle-positive metrics (per-image top-k means)")
+            print(spml.format_table())
     if args.report:
         from .report import report_from_predictions
 
@@ -304,6 +357,72 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .hub import push_run, stage_run
+
+    if args.dry_run:
+        for f in stage_run(args.run_dir, args.dry_run, args.repo_id):
+            print(f"{f}  ({f.stat().st_size} bytes)")
+        return 0
+    url = push_run(args.run_dir, args.repo_id, revision=args.revision, private=args.private,
+                   commit_message=args.message)
+    print(f"pushed to {url}")
+    print(f"use it as: mlrkit predict --checkpoint hf-hub:{args.repo_id}"
+          + (f"@{args.revision}" if args.revision else "") + " IMAGE")
+    return 0
+
+
+def _read_names(path: str) -> list[str]:
+    """Names one a line (CR/LF, blank lines skipped; ``index<TAB>name`` keeps the name)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: names file not found") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
+    names = [ln.split("\t")[-1].strip() for ln in text.splitlines()]
+    names = [n for n in names if n]
+    if not names:
+        raise ValueError(f"{path}: no names in this file")
+    return names
+
+
+def _cmd_embed_labels(args: argparse.Namespace) -> int:
+    if args.names is not None:
+        listed = [n.strip() for n in args.names.split(",") if n.strip()]
+    else:
+        listed = [n for f in args.names_file for n in _read_names(f)]
+    drop = {n for f in args.exclude_file for n in _read_names(f)}
+    names = [n for n in dict.fromkeys(listed) if n not in drop]
+    if not names:
+        raise ValueError("embed-labels: no names left to embed")
+    from .semantics.embeddings import label_embeddings, save_label_embeddings
+
+    model = args.model
+    clip = model.startswith("clip")
+    if not clip and (args.weights or args.template or args.no_normalize or args.device):
+        raise ValueError(f"embed-labels: --weights, --template, --no-normalize and --device "
+                         f"apply to CLIP models, not {model!r}")
+    meta = {"source": model}
+    if clip:
+        from .semantics.clip_text import DEFAULT_TEMPLATE, clip_label_embeddings
+
+        arch = model.removeprefix("clip:")
+        template = args.template if args.template is not None else DEFAULT_TEMPLATE
+        emb = clip_label_embeddings(names, model=arch, weights=args.weights, template=template,
+                                    cache=not args.no_cache, device=args.device,
+                                    normalize=not args.no_normalize)
+        meta = {"source": f"clip:{arch}", "weights": str(args.weights or "openai"),
+                "template": template, "normalized": str(not args.no_normalize).lower()}
+    else:
+        emb = label_embeddings(model, names, cache=not args.no_cache)
+    out = save_label_embeddings(args.out, names, emb, meta)
+    print(f"{len(names)} x {emb.shape[1]} label embeddings ({meta['source']}) written to {out}"
+          + (f" (names in {out.with_suffix('.names.txt')})" if out.suffix in (".npy", ".pt")
+             else ""))
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from .backbones import list_backbones
     from .model import list_models
@@ -315,7 +434,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 _COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "cv": _cmd_cv, "predict": _cmd_predict,
              "extract-features": _cmd_extract, "demo": _cmd_demo, "data": _cmd_data,
-             "list-models": _cmd_list}
+             "list-models": _cmd_list, "embed-labels": _cmd_embed_labels, "push": _cmd_push}
 
 
 def error_line(e: BaseException) -> str:

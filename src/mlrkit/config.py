@@ -32,9 +32,11 @@ class ModelConfig:
     backbone_trainable: list[str] | None = None
     label_embeddings: str | None = None  # "glove50", "minilm", or a .pkl/.npy/.txt path
     label_graph: str | None = None  # "cooccurrence", "cosine:<source>", or an adj .pkl path
-    # prompt template of "clip:<tower>" label embeddings ("{}" = the label name); null: the
-    # default "There is a {} in the scene."
+    # "clip:<tower>" label embeddings: the prompt template ("{}" = the label name; null: the
+    # SigRL / MKT code's "There is a {} in the scene") and the CLIP weight file of the text
+    # tower (null: model.pretrained when the backbone is that tower, else open_clip's)
     label_template: str | None = None
+    label_weights: str | None = None
     options: dict[str, Any] = field(default_factory=dict)  # method options
 
 
@@ -95,6 +97,10 @@ class OptimConfig:
     momentum: float = 0.9
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     backbone_lr_mult: float = 1.0
+    # lr multipliers by parameter-name prefix (longest prefix wins; over backbone_lr_mult),
+    # e.g. {backbone.visual.transformer.resblocks.11: 0.65} for layer-wise decay
+    lr_mult: dict[str, float] = field(default_factory=dict)
+    no_decay_1d: bool = False  # no weight decay on 1-D parameters (biases, norm scales)
 
 
 @dataclass
@@ -132,6 +138,9 @@ class EvalConfig:
     thresholds: str = "per_class"
     top_k: int = 0
     ap_mode: str = "sklearn"
+    # also report the single-positive (SPML) metrics of SigRL / Cole et al.: mAP with empty
+    # classes as 0, per-image P@3/R@3/F1@3 and @5 (mlrkit.metrics.spml_metrics)
+    spml: bool = False
 
 
 @dataclass
@@ -305,14 +314,27 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+DELETE_KEY = "_delete_"
+
+
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into ``base``, mappings key by key; a mapping in ``over`` holding
+    ``_delete_: true`` replaces the one in ``base`` instead (e.g. a loss with other options)."""
     out = dict(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
+        if isinstance(v, dict) and v.get(DELETE_KEY) is True:
+            out[k] = _drop_delete(v)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = deep_merge(out[k], v)
         else:
-            out[k] = v
+            out[k] = _drop_delete(v) if isinstance(v, dict) else v
     return out
+
+
+def _drop_delete(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` without its ``_delete_`` markers (at any depth)."""
+    return {k: _drop_delete(v) if isinstance(v, dict) else v
+            for k, v in d.items() if k != DELETE_KEY}
 
 
 BASE_KEY = "_base_"
@@ -357,11 +379,11 @@ def _compose(path: Path, chain: tuple[tuple[Path, Path], ...] = ()) -> dict[str,
     own = _read_yaml(path)
     bases = own.pop(BASE_KEY, None)
     try:
-        config_from_dict(own)
+        config_from_dict(_drop_delete(own))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     if bases is None:
-        return own
+        return _drop_delete(own)
     merged: dict[str, Any] = {}
     for base in _base_paths(path, bases):
         if not base.is_file():

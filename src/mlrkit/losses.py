@@ -260,14 +260,50 @@ class PartialAsymmetricLoss(AsymmetricLoss):
 
 
 # ------------------------------------------------------------------ single positive labels
+#: the constant the single-positive reference code adds inside its logs: ``-log(p + 1e-5)``
+#: (``LOG_EPSILON`` of Cole et al. 2021 and of SPML-AckTheUnknown / SigRL, which copy it)
+SPL_REFERENCE_LOG_EPS = 1e-5
+
+
+def _spl_logs(x: torch.Tensor, log_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log p, log(1-p))`` of ``p = sigmoid(x)``; with ``log_eps > 0`` the reference code's
+    floored form ``(log(p + eps), log(1 - p + eps))``.
+
+    The floor bounds every ``-log`` term by ``-log(eps)`` (11.5 at 1e-5) and makes its
+    gradient ``p(1-p) / (p + eps)`` vanish where ``p << eps``: a confidently wrong score
+    stops being pushed. ``1 - p`` is taken as ``sigmoid(-x)`` (no cancellation near p = 1).
+    """
+    if log_eps == 0:
+        return _log_p(x), _log_1mp(x)
+    return (torch.log(torch.sigmoid(x) + log_eps),  # Cole et al. neg_log(p)
+            torch.log(torch.sigmoid(-x) + log_eps))  # Cole et al. neg_log(1 - p)
+
+
 class _SPLLoss(MLRLoss):
     """Single-positive losses: a per-entry loss matrix; ``mean`` divides its sum by B * C
     (Cole et al. 2021 / Zhou et al. 2022 reference code). Targets: 1 = observed positive,
     0 = unobserved, -1 = a negative that is known (absent in the pure single-positive setting).
+
+    ``log_eps``: 0 (default) uses the exact ``log sigmoid``; ``1e-5``
+    (:data:`SPL_REFERENCE_LOG_EPS`) reproduces the reference code's ``-log(p + 1e-5)`` and
+    ``-log(1 - p + 1e-5)`` in every term, which bounds each term by ``-log(eps)`` and stops
+    the gradient of confidently wrong scores.
     """
+
+    def __init__(self, reduction: str = "mean", log_eps: float = 0.0) -> None:
+        super().__init__(reduction)
+        if not (math.isfinite(log_eps) and 0 <= log_eps < 1):
+            raise ValueError(f"{type(self).__name__}: log_eps must be in [0, 1), got {log_eps}")
+        self.log_eps = float(log_eps)
+
+    def _logs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _spl_logs(x, self.log_eps)
 
     def _finish(self, per: torch.Tensor) -> torch.Tensor:
         return self._reduce(per.sum(), per.numel())
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", log_eps={self.log_eps}" if self.log_eps else "")
 
 
 @LOSSES.register("an")
@@ -281,7 +317,8 @@ class AssumeNegativeLoss(_SPLLoss):
 
     def forward(self, logits: torch.Tensor, targets: Any) -> torch.Tensor:
         x, pos, _, _ = self._inputs(logits, targets)
-        return self._finish(-(pos * _log_p(x) + (1 - pos) * _log_1mp(x)))
+        log_p, log_1mp = self._logs(x)
+        return self._finish(-(pos * log_p + (1 - pos) * log_1mp))
 
 
 @LOSSES.register("an_ls")
@@ -291,8 +328,9 @@ class AssumeNegativeLSLoss(_SPLLoss):
 
     unknown_targets = "treated as negative (smoothed)"
 
-    def __init__(self, reduction: str = "mean", ls_coef: float = 0.1) -> None:
-        super().__init__(reduction)
+    def __init__(self, reduction: str = "mean", ls_coef: float = 0.1,
+                 log_eps: float = 0.0) -> None:
+        super().__init__(reduction, log_eps)
         if not 0 <= ls_coef < 0.5:
             raise ValueError(f"an_ls: ls_coef must be in [0, 0.5), got {ls_coef}")
         self.ls_coef = float(ls_coef)
@@ -301,7 +339,8 @@ class AssumeNegativeLSLoss(_SPLLoss):
         x, pos, _, _ = self._inputs(logits, targets)
         e = self.ls_coef
         soft = pos * (1 - e) + (1 - pos) * e
-        return self._finish(-(soft * _log_p(x) + (1 - soft) * _log_1mp(x)))
+        log_p, log_1mp = self._logs(x)
+        return self._finish(-(soft * log_p + (1 - soft) * log_1mp))
 
 
 @LOSSES.register("wan")
@@ -312,8 +351,9 @@ class WeakAssumeNegativeLoss(_SPLLoss):
 
     unknown_targets = "treated as negative with weight 1/(C-1)"
 
-    def __init__(self, reduction: str = "mean", weight: float | None = None) -> None:
-        super().__init__(reduction)
+    def __init__(self, reduction: str = "mean", weight: float | None = None,
+                 log_eps: float = 0.0) -> None:
+        super().__init__(reduction, log_eps)
         self.weight = weight
 
     def forward(self, logits: torch.Tensor, targets: Any) -> torch.Tensor:
@@ -322,7 +362,8 @@ class WeakAssumeNegativeLoss(_SPLLoss):
         if self.weight is None and c < 2:
             raise ValueError("wan: the default weight 1/(C-1) needs at least 2 classes")
         w = 1.0 / (c - 1) if self.weight is None else float(self.weight)
-        return self._finish(-(pos * _log_p(x) + (neg + w * unk) * _log_1mp(x)))
+        log_p, log_1mp = self._logs(x)
+        return self._finish(-(pos * log_p + (neg + w * unk) * log_1mp))
 
 
 @LOSSES.register("iun")
@@ -338,12 +379,14 @@ class IgnoreUnobservedNegativesLoss(_SPLLoss):
 
     def forward(self, logits: torch.Tensor, targets: Any) -> torch.Tensor:
         x, pos, neg, _ = self._inputs(logits, targets)
-        return self._finish(-(pos * _log_p(x) + neg * _log_1mp(x)))
+        log_p, log_1mp = self._logs(x)
+        return self._finish(-(pos * log_p + neg * log_1mp))
 
 
-def _entropy(x: torch.Tensor) -> torch.Tensor:
-    """Binary entropy of sigmoid(x): ``-(p log p + (1-p) log(1-p))``, finite for any x."""
-    return -(torch.sigmoid(x) * _log_p(x) + torch.sigmoid(-x) * _log_1mp(x))
+def _entropy(x: torch.Tensor, log_p: torch.Tensor, log_1mp: torch.Tensor) -> torch.Tensor:
+    """Binary entropy of sigmoid(x): ``-(p log p + (1-p) log(1-p))`` with the given logs
+    (exact or floored), finite for any x."""
+    return -(torch.sigmoid(x) * log_p + torch.sigmoid(-x) * log_1mp)
 
 
 @LOSSES.register("em")
@@ -351,17 +394,21 @@ class EntropyMaximizationLoss(_SPLLoss):
     """EM (Zhou et al. 2022, eq. 5): ``-log p`` on observed positives and ``-alpha H(p)`` on
     unobserved labels (maximizing their entropy), ``alpha`` default 0.1 (their COCO / NUS
     value; 0.2 on VOC). Unknown (0): the entropy term. A known negative (-1): ``-log(1-p)``.
+    ``log_eps=1e-5`` floors the logs (entropy term included) as the reference does.
     """
 
     unknown_targets = "entropy maximization (-alpha H(p))"
 
-    def __init__(self, reduction: str = "mean", alpha: float = 0.1) -> None:
-        super().__init__(reduction)
+    def __init__(self, reduction: str = "mean", alpha: float = 0.1,
+                 log_eps: float = 0.0) -> None:
+        super().__init__(reduction, log_eps)
         self.alpha = float(alpha)
 
     def forward(self, logits: torch.Tensor, targets: Any) -> torch.Tensor:
         x, pos, neg, unk = self._inputs(logits, targets)
-        per = -(pos * _log_p(x) + neg * _log_1mp(x)) - self.alpha * unk * _entropy(x)
+        log_p, log_1mp = self._logs(x)
+        per = -(pos * log_p + neg * log_1mp)
+        per = per - self.alpha * unk * _entropy(x, log_p, log_1mp)  # Zhou eq. 5
         return self._finish(per)
 
 
@@ -384,17 +431,21 @@ class EMAPLLoss(_SPLLoss):
     * ``forward(logits, targets, index=rows)`` with the dataset rows of the batch once any
       pseudo-label exists.
 
-    Defaults are the reference COCO setting (alpha 0.1, beta 0.9, 5 warm-up epochs of 10,
-    neg_proportion 0.9); VOC: alpha 0.2, beta 0.02; NUS-WIDE: alpha 0.1, beta 0.2, warm-up 4.
-    Unknown (0): entropy term, or the pseudo-negative term once chosen.
+    Defaults are the reference COCO setting (SPML-AckTheUnknown ``main.py``: alpha 0.1,
+    beta 0.9, warm-up 5 of 10 epochs, neg_proportion 0.9); VOC: alpha 0.2, beta 0.02, warm-up
+    5; NUS-WIDE: alpha 0.1, beta 0.2, warm-up 4; CUB: alpha 0.01, beta 0.4, warm-up 3 (all
+    neg_proportion 0.9 of 10 epochs). The reference labels after every epoch ``e >= warm-up``
+    (1-based), so rounds run at epochs 5..10 there. ``log_eps=1e-5`` floors the logs as the
+    reference does (:class:`_SPLLoss`). Unknown (0): entropy term, or the pseudo-negative term
+    once chosen.
     """
 
     unknown_targets = "entropy maximization, or soft pseudo-negative once selected"
 
     def __init__(self, reduction: str = "mean", alpha: float = 0.1, beta: float = 0.9,
                  warmup_epochs: int = 5, num_epochs: int = 10,
-                 neg_proportion: float = 0.9) -> None:
-        super().__init__(reduction)
+                 neg_proportion: float = 0.9, log_eps: float = 0.0) -> None:
+        super().__init__(reduction, log_eps)
         if num_epochs <= warmup_epochs:
             raise ValueError(f"em_apl: num_epochs ({num_epochs}) must exceed warmup_epochs "
                              f"({warmup_epochs})")
@@ -471,9 +522,9 @@ class EMAPLLoss(_SPLLoss):
             pm = torch.zeros_like(x)
             s = torch.zeros_like(x)
         rest = unk - pm
-        log_p, log_1mp = _log_p(x), _log_1mp(x)
+        log_p, log_1mp = self._logs(x)
         per = -(pos * log_p + neg * log_1mp)
-        per = per - self.alpha * rest * _entropy(x)  # Zhou eq. 5
+        per = per - self.alpha * rest * _entropy(x, log_p, log_1mp)  # Zhou eq. 5
         per = per - self.beta * pm * (s * log_p + (1 - s) * log_1mp)  # Zhou eq. 7
         return self._finish(per)
 

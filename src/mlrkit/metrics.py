@@ -40,6 +40,7 @@ __all__ = [
     "AP_MODES",
     "EvaluationReport",
     "PointingReport",
+    "SPMLReport",
     "ZeroShotReport",
     "average_precision",
     "centre_prior_map",
@@ -48,6 +49,7 @@ __all__ = [
     "mean_average_precision",
     "pointing_baselines",
     "pointing_game",
+    "spml_metrics",
     "threshold_metrics",
     "topk_prf",
     "zero_shot_metrics",
@@ -697,7 +699,8 @@ class ZeroShotReport:
 
 def zero_shot_metrics(scores: Any, targets: Any, unseen: Any, ks: Sequence[int] = (3, 5),
                       ap_mode: APMode = "sklearn", empty: Empty = "zero",
-                      zero_means: ZeroMeans | None = None) -> ZeroShotReport:
+                      zero_means: ZeroMeans | None = None,
+                      zsl_scores: Any = None) -> ZeroShotReport:
     """Zero-shot evaluation (BiAM / SigRL convention) over all images given.
 
     ``scores`` / ``targets`` (N, C) cover every label (seen and unseen); ``unseen`` is a
@@ -706,7 +709,10 @@ def zero_shot_metrics(scores: Any, targets: Any, unseen: Any, ks: Sequence[int] 
     ``P@k, R@k, F1@k`` (:func:`topk_prf`). By default a class without any positive counts
     as AP 0 in the mean (``empty="zero"``, as BiAM's ``compute_AP`` does); ``empty="nan"``
     leaves such classes out instead. Values are fractions in [0, 1]. ``zero_means`` as in
-    :func:`evaluate` (needed for 0/1 targets).
+    :func:`evaluate` (needed for 0/1 targets). ``zsl_scores`` (N, U): scores of the unseen
+    labels from a separate forward over them alone (the reference evaluation runs ZSL that
+    way; a head that mixes the scored label set scores differently); default: the unseen
+    columns of ``scores``.
     """
     s, t = _check_pair(scores, targets, zero_means)
     m = _to_numpy(unseen)
@@ -724,14 +730,119 @@ def zero_shot_metrics(scores: Any, targets: Any, unseen: Any, ks: Sequence[int] 
             raise ValueError("zero-shot metrics: no positive target (1) among these labels")
         out = {"mAP": float(np.nanmean(_average_precision(sc, tg, ap_mode, empty)))}
         for k in ks:
-            # the targets are already read; a column subset may lack -1 by chance
-            p, r, f = topk_prf(sc, tg, int(k), zero_means="unknown")
+            # the targets are already read; a column subset may lack -1 by chance. With fewer
+            # labels than k every label is predicted (k is capped at the label count)
+            p, r, f = topk_prf(sc, tg, min(int(k), sc.shape[1]), zero_means="unknown")
             out.update({f"P@{k}": p, f"R@{k}": r, f"F1@{k}": f})
         return out
 
-    return ZeroShotReport(zsl=block(s[:, m], t[:, m]), gzsl=block(s, t),
+    zs = s[:, m]
+    if zsl_scores is not None:
+        zs = _as_scores(zsl_scores, "zsl_scores")
+        if zs.shape != (s.shape[0], int(np.count_nonzero(m))):
+            raise ValueError(f"zsl_scores: expected shape ({s.shape[0]}, "
+                             f"{int(np.count_nonzero(m))}) (images, unseen labels), got "
+                             f"{tuple(zs.shape)}")
+    return ZeroShotReport(zsl=block(zs, t[:, m]), gzsl=block(s, t),
                           ks=tuple(int(k) for k in ks), ap_mode=ap_mode, empty_classes=empty,
                           num_unseen=int(np.count_nonzero(m)), num_classes=int(s.shape[1]))
+
+
+# ------------------------------------------------------------------ single positive (SPML)
+SPMLTies = Literal["split", "first"]
+NoPositive = Literal["zero", "skip"]
+
+
+@dataclass
+class SPMLReport:
+    """SPML test metrics as the single-positive papers report them, fractions in [0, 1]:
+    ``mAP`` and, per k, ``P@k`` / ``R@k`` (per-image values averaged over images) and
+    ``F1@k`` (the F1 of those two means)."""
+
+    metrics: dict[str, float]
+    ks: tuple[int, ...]
+    ap_mode: str
+    ties: str
+    no_positive: str
+    num_images: int
+    num_without_positive: int
+
+    def to_dict(self) -> dict[str, float]:
+        """Flat dict: ``mAP``, ``P@3``, ``R@3``, ``F1@3``, ..."""
+        return dict(self.metrics)
+
+    def format_table(self) -> str:
+        keys = list(self.metrics)
+        return "\n".join([
+            "".join(f"{k:>9}" for k in keys),
+            "".join(f"{100 * self.metrics[k]:9.2f}" for k in keys),
+            f"(percent; {self.num_images} images, {self.num_without_positive} without a "
+            f"positive ({self.no_positive}), AP {self.ap_mode}, top-k ties {self.ties})"])
+
+
+def _topk_hits(s: np.ndarray, pos: np.ndarray, known: np.ndarray, k: int,
+               ties: str) -> np.ndarray:
+    """Per image, the positives among its ``k`` highest-scoring known labels (float64 (N,)).
+
+    Unknown entries leave the ranking. ``ties="first"``: equal scores in class order;
+    ``"split"``: the expected count when the tie at the k-th place is broken at random.
+    """
+    sk = np.where(known, s, -np.inf)
+    if ties == "first":
+        top = np.argsort(-sk, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(pos, top, axis=1).sum(1).astype(np.float64)
+    kth = -np.partition(-sk, k - 1, axis=1)[:, k - 1:k]  # the k-th largest score
+    above, at = sk > kth, sk == kth
+    slots = k - above.sum(1)  # places of the top k left for the tied block
+    return ((pos & above).sum(1) + slots * (pos & at).sum(1) / at.sum(1)).astype(np.float64)
+
+
+def spml_metrics(scores: Any, targets: Any, ks: Sequence[int] = (3, 5),
+                 ap_mode: APMode = "sklearn", empty: Empty = "zero", ties: SPMLTies = "split",
+                 no_positive: NoPositive = "zero",
+                 zero_means: ZeroMeans | None = None) -> SPMLReport:
+    """Single-positive multi-label (SPML) test metrics, as SigRL's Tables II-III and its code
+    (inherited from Cole et al. 2021 / VLPL) compute them.
+
+    * ``mAP``: mean per-class AP (``ap_mode``); a class without a positive counts 0
+      (``empty="zero"``, the reference's ``compute_avg_precision``) or is left out (``"nan"``).
+    * ``P@k`` = mean over images of ``hits_i / k``; ``R@k`` = mean over images of
+      ``hits_i / #positives_i``, where ``hits_i`` counts the image's positives among its
+      ``k`` highest-scoring labels (``ks`` default 3 and 5, the paper's columns).
+    * ``F1@k = 2 P@k R@k / (P@k + R@k)``: the F1 of the two means, not a mean of F1s.
+
+    An image without a positive scores P = R = 0 and stays in both means
+    (``no_positive="zero"``, as the reference) or is left out (``"skip"``). Unknown (0)
+    entries leave the image's ranking (they take no top-k place). Ties at the k-th place:
+    ``"split"`` counts the expected hits under a random order of the tied labels; ``"first"``
+    takes them in class order (the reference's ``np.argsort(...)[::-1]`` leaves this to
+    NumPy's sort). Any real scores (logits or probabilities).
+    """
+    s, t = _check_pair(scores, targets, zero_means)
+    if ties not in ("split", "first"):
+        raise ValueError(f"ties must be 'split' or 'first', got {ties!r}")
+    if no_positive not in ("zero", "skip"):
+        raise ValueError(f"no_positive must be 'zero' or 'skip', got {no_positive!r}")
+    c = s.shape[1]
+    ks_ = tuple(int(k) for k in ks)
+    for k in ks_:
+        if not 1 <= k <= c:
+            raise ValueError(f"spml_metrics: k must be between 1 and the number of classes "
+                             f"({c}), got {k}")
+    pos, known = t == 1, t != 0
+    npos = pos.sum(1)
+    has = npos > 0
+    if not has.any():
+        raise ValueError("spml_metrics: no positive target (1) in the input")
+    rows = has if no_positive == "skip" else np.ones_like(has)
+    out = {"mAP": _mean_valid(_average_precision(s, t, ap_mode, empty))}
+    for k in ks_:
+        hits = _topk_hits(s, pos, known, k, ties)
+        p = float((hits / k)[rows].mean())
+        r = float(np.where(has, hits / np.maximum(npos, 1), 0.0)[rows].mean())
+        out.update({f"P@{k}": p, f"R@{k}": r, f"F1@{k}": _f1(p, r)})
+    return SPMLReport(metrics=out, ks=ks_, ap_mode=ap_mode, ties=ties, no_positive=no_positive,
+                      num_images=int(s.shape[0]), num_without_positive=int((~has).sum()))
 
 
 # ------------------------------------------------------------------------- pointing game

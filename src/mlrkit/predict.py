@@ -32,7 +32,10 @@ class Prediction:
 
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu"
                ) -> tuple[MLRModel, Config, dict[str, Any]]:
-    """Rebuild the model a checkpoint was trained as and load its weights."""
+    """Rebuild the model a checkpoint was trained as and load its weights.
+
+    For a zero-shot run the returned metadata also holds ``label_bank``: the embeddings
+    (C_all, E) of every label in ``meta["zero_shot"]["names"]``, seen and unseen."""
     from .engine.builders import build_model
     from .engine.checkpoint import SEMANTIC_KEYS, load_checkpoint, resolve_checkpoint
 
@@ -54,6 +57,14 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu"
 
     cfg = config_from_dict(meta["config"])
     semantics = {k.split(".", 1)[1]: state.pop(k, None) for k in SEMANTIC_KEYS}
+    bank = state.pop("__semantics__.label_bank", None)  # zero-shot runs: every label's row
+    zs = meta.get("zero_shot")
+    if bank is not None or zs:
+        if bank is None or not zs or bank.shape[0] != len(zs.get("names", [])):
+            raise RuntimeError(f"{weights}: the zero-shot label bank and the "
+                               f"{weights.with_suffix('.json').name} label list do not "
+                               "match; the two files come from different runs")
+        meta = {**meta, "label_bank": bank}
     for key, value in semantics.items():  # checked before they reach create_model
         if value is not None and value.shape[0] != n:
             want = (n, n) if key == "graph" else (n, *value.shape[1:])
@@ -85,6 +96,7 @@ class Predictor:
         self.labels = labels
         self.label_embeddings: torch.Tensor | None = None  # set by set_labels
         self.embedding_source: str | None = None  # how the checkpoint embedded its labels
+        self.label_bank: dict[str, torch.Tensor] = {}  # name -> embedding, zero-shot runs
         self.thresholds = torch.as_tensor(list(thresholds), dtype=torch.float32)
         self.device = torch.device(device)
         self.max_image_pixels = max_image_pixels
@@ -103,6 +115,9 @@ class Predictor:
         pred = cls(model, LabelSpace(tuple(meta["label_names"])), meta["thresholds"],
                    cfg.data.image_size, device, limit)
         pred.embedding_source = cfg.model.label_embeddings
+        pred.model_config = cfg.model  # set_labels: weights / template of a clip: source
+        if "label_bank" in meta:  # zero-shot run: the embeddings of all its labels
+            pred.label_bank = dict(zip(meta["zero_shot"]["names"], meta["label_bank"]))
         pred.default_threshold = cfg.eval.threshold
         return pred
 
@@ -110,22 +125,43 @@ class Predictor:
         """Score ``names`` from now on, labels the model may never have seen (open-vocabulary
         heads such as ``sigrl``): their embeddings come from the source the checkpoint was
         trained with; every class gets ``threshold`` (default: the config's
-        ``eval.threshold``), since no validation chose one for them."""
-        from .semantics.embeddings import label_embeddings
-
+        ``eval.threshold``), since no validation chose one for them. A ``clip:<backbone>``
+        source uses the config's ``model.label_template`` and, when the model's backbone is
+        that CLIP, the checkpoint's own text tower (the weights ``model.pretrained`` named);
+        else ``model.label_weights`` or open_clip's default weights."""
         names = [str(n).strip() for n in names if str(n).strip()]
         if not names:
             raise ValueError("set_labels: no label names given")
         if not self.model.open_vocabulary:
             raise ValueError(f"method {self.model.method!r} scores only the labels it was "
                              "trained on; --labels needs an open-vocabulary method (sigrl)")
-        if not self.embedding_source:
-            raise ValueError("set_labels: the checkpoint names no label-embedding source")
-        emb = label_embeddings(self.embedding_source, names)
+        # names a zero-shot run embedded already come from its label bank (the exact rows it
+        # was evaluated with); the others from the embedding source
+        missing = list(dict.fromkeys(n for n in names if n not in self.label_bank))
+        if missing:
+            rows = dict(zip(missing, self._embed(missing)))
+        emb = torch.stack([self.label_bank[n] if n in self.label_bank else rows[n]
+                           for n in names]).float()
         self.label_embeddings = emb.to(self.device)
         self.labels = LabelSpace(tuple(names))
         thr = threshold if threshold is not None else getattr(self, "default_threshold", 0.5)
         self.thresholds = torch.full((len(names),), float(thr))
+
+    def _embed(self, names: list[str]) -> torch.Tensor:
+        from .semantics.embeddings import embedding_options, label_embeddings
+
+        if not self.embedding_source:
+            raise ValueError("set_labels: the checkpoint names no label-embedding source")
+        opts: dict[str, Any] = {}
+        if self.embedding_source.startswith("clip:"):
+            mcfg = getattr(self, "model_config", None)
+            opts = embedding_options(mcfg) if mcfg is not None else {"weights": None,
+                                                                     "template": None}
+            bb = self.model.backbone
+            if (getattr(mcfg, "label_weights", None) is None and hasattr(bb, "text")
+                    and getattr(bb, "name", None) == self.embedding_source[len("clip:"):]):
+                opts["weights"] = bb  # its text tower came with the checkpoint
+        return label_embeddings(self.embedding_source, names, **opts)
 
     def _open(self, img: str | Path | Image.Image) -> Image.Image:
         if isinstance(img, Image.Image):

@@ -8,7 +8,8 @@ written atomically; loading re-hashes the targets and refuses a file whose hash 
 Randomness uses NumPy's ``Generator(PCG64(seed))``; the saved file, not the generator, is
 the reference for a published experiment. ``partial(..., rng="legacy")`` instead draws its mask
 with NumPy's legacy Mersenne Twister, which reproduces the published VOC2007 partial-label
-files bit for bit (see ``partial``).
+files bit for bit (see ``partial``), and ``single_positive_cole`` replays the legacy
+``RandomState`` draws of the single-positive reference script (Cole et al. 2021).
 """
 
 from __future__ import annotations
@@ -196,6 +197,106 @@ def single_positive(targets: torch.Tensor | MultiLabelDataset, seed: int = 0,
     return Protocol(torch.from_numpy(out), meta, ids_)
 
 
+#: seed of the reference SPML sampling (``generate_observed_labels.py --seed``, default 1200)
+COLE_SEED = 1200
+COLE_ORDERS = ("auto", "given", "name", "coco_id")
+# a COCO image id as mlrkit's loaders spell it: a 2014 file stem or a bare 12-digit 2017 stem
+_COCO_STEM = re.compile(r"^(?:COCO_[A-Za-z]+\d{4}_)?(\d{12})$")
+
+
+def _cole_order(ids: list[str] | None, n: int, order: str) -> tuple[np.ndarray, str]:
+    """Row visiting order of the reference and the name of the rule used.
+
+    The reference labels its rows in the order of its formatted label matrix: VOC image
+    files sorted by name (``format_pascal.py``), COCO images sorted by ``str(image_id)``
+    (``format_coco.py``, e.g. ``"100" < "9"``).
+    """
+    if order not in COLE_ORDERS:
+        raise ValueError(f"single_positive_cole: order={order!r}; choose one of "
+                         f"{', '.join(COLE_ORDERS)}")
+    if order == "auto":
+        if ids is None:
+            order = "given"
+        elif all(_COCO_STEM.match(i) for i in ids):
+            order = "coco_id"
+        else:
+            order = "name"
+    if order == "given":
+        return np.arange(n), order
+    if ids is None:
+        raise ValueError(f"single_positive_cole: order={order!r} needs the image ids (pass a "
+                         "dataset or ids=)")
+    if order == "coco_id":
+        keys = []
+        for i in ids:
+            m = _COCO_STEM.match(i)
+            if m is None:
+                raise ValueError(f"single_positive_cole: order='coco_id' but id {i!r} is not a "
+                                 "COCO file stem (COCO_train2014_<12 digits> or <12 digits>)")
+            keys.append(str(int(m.group(1))))
+    else:
+        keys = [f"{i}.jpg" for i in ids]  # the reference sorts file names
+    return np.array(sorted(range(n), key=keys.__getitem__), dtype=np.int64), order
+
+
+def single_positive_cole(targets: torch.Tensor | MultiLabelDataset, seed: int = COLE_SEED,
+                         ids: Sequence[str] | None = None, order: str = "auto",
+                         negatives: bool = False) -> Protocol:
+    """One positive per image drawn as the SPML reference code does (Cole et al. 2021,
+    ``preproc/generate_observed_labels.py`` with ``--num-pos 1 --num-neg 0``; SPML-AckTheUnknown
+    and SigRL reuse the script).
+
+    One ``numpy.random.RandomState(seed)`` (seed 1200 in the reference) is created for the
+    split, and its rows are visited in the reference's order (``order``). For each row with at
+    least one positive: the indices of its positives are shuffled in place
+    (``RandomState.shuffle``) and the first one is kept; then the indices of its other labels
+    are shuffled too: with no negative to keep this changes nothing but advances the
+    generator, so it is done to stay in step with the reference. Every other label becomes
+    unknown (0).
+
+    Rows without a positive draw nothing and stay all-unknown (the reference has no such rows:
+    its formatted VOC and COCO splits list only images with a positive); their count is
+    recorded as ``num_without_positive``. A label that is not positive (-1 or 0, e.g. VOC
+    *difficult*) counts as one of the row's negatives, as the reference reads it.
+
+    ``order``: ``"given"`` (rows as passed), ``"name"`` (sorted by ``<id>.jpg``, the reference's
+    VOC order), ``"coco_id"`` (sorted by ``str(int(COCO image id))``, the reference's COCO
+    order) or ``"auto"`` (``coco_id`` when every id is a COCO file stem, else ``name``; ``given``
+    without ids). The result is always in the input's row order.
+
+    ``negatives=True`` also keeps every true negative (-1): the oracle setting of the IUN
+    loss ("ignore unobserved negatives", Cole et al.), which needs to know them. The draw of
+    the positive is the same.
+    """
+    t, ids_ = _source(targets, ids)
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"single_positive_cole: seed={seed} must be in [0, 2**32)")
+    rows, used = _cole_order(ids_, len(t), order)
+    rng = np.random.RandomState(seed)
+    tn = t.numpy()
+    out = np.zeros(tn.shape, dtype=np.int8)
+    empty = 0
+    for r in rows:
+        is_pos = tn[r] == POSITIVE
+        pos = np.flatnonzero(is_pos)
+        if pos.size == 0:
+            empty += 1
+            continue
+        rng.shuffle(pos)
+        out[r, pos[0]] = POSITIVE  # the first positive after the shuffle
+        rng.shuffle(np.flatnonzero(~is_pos))  # the reference's (empty) negative draw
+    if negatives:
+        out[tn == NEGATIVE] = NEGATIVE
+    params: dict[str, Any] = {"order": used, **({"negatives": True} if negatives else {})}
+    meta: dict[str, Any] = {
+        "name": "single_positive_cole", "params": params, "seed": seed,
+        "rng": "numpy.random.RandomState(seed).shuffle per row (Cole et al. 2021)",
+        "source_targets_sha256": targets_sha256(t), "num_without_positive": empty}
+    if ids_ is not None:
+        meta["source_ids_sha256"] = ids_sha256(ids_)
+    return Protocol(torch.from_numpy(out), meta, ids_)
+
+
 def zero_shot_split(labels: LabelSpace | Sequence[str],
                     unseen: Sequence[str] | Sequence[int] | torch.Tensor | None = None,
                     num_unseen: int | None = None, seed: int = 0) -> LabelSpace:
@@ -341,6 +442,7 @@ def apply_protocol(dataset: MultiLabelDataset, protocol: Protocol,
     return new
 
 
-__all__ = ["PARTIAL_RNGS", "Protocol", "ProtocolError", "apply_protocol", "ids_sha256",
-           "load_list_protocol", "load_voc_partial", "partial", "select_labels",
-           "single_positive", "targets_sha256", "zero_shot_split"]
+__all__ = ["COLE_ORDERS", "COLE_SEED", "PARTIAL_RNGS", "Protocol", "ProtocolError",
+           "apply_protocol", "ids_sha256", "load_list_protocol", "load_voc_partial", "partial",
+           "select_labels", "single_positive", "single_positive_cole", "targets_sha256",
+           "zero_shot_split"]

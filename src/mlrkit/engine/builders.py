@@ -65,7 +65,11 @@ def apply_protocol(cfg: Config, ds: MultiLabelDataset) -> MultiLabelDataset:
     - ``partial:<keep>``: ``Generator(PCG64)`` with the run's seed;
     - ``partial:<keep>:legacy``: NumPy's legacy generator with seed 0, whatever the run's
       seed (the published VOC2007 ``train_proportion_*`` files);
-    - ``partial:<keep>:legacy:<seed>``: the legacy generator with another seed.
+    - ``partial:<keep>:legacy:<seed>``: the legacy generator with another seed;
+    - ``single_positive:cole``: the SPML reference sampling (``single_positive_cole``) with
+      its seed 1200, whatever the run's seed; ``single_positive:cole:<seed>`` another seed;
+      an optional part ``given``, ``name`` or ``coco_id`` sets the row order (default
+      ``auto``); a last part ``negatives`` keeps the true negatives (IUN's oracle setting).
     """
     spec = cfg.data.protocol
     if not spec:
@@ -97,24 +101,89 @@ def apply_protocol(cfg: Config, ds: MultiLabelDataset) -> MultiLabelDataset:
         proto = protocols.partial(ds.targets, keep=keep, seed=seed, rng=rng)
     elif spec == "single_positive":
         proto = protocols.single_positive(ds.targets, seed=cfg.seed)
+    elif spec == "single_positive:cole" or spec.startswith("single_positive:cole:"):
+        forms = ("single_positive:cole, single_positive:cole:<seed>, with optional last "
+                 f"parts {', '.join(protocols.COLE_ORDERS)} and negatives")
+        parts = spec.split(":")[2:]
+        seed, order = protocols.COLE_SEED, "auto"
+        negatives = bool(parts) and parts[-1] == "negatives"
+        if negatives:
+            parts.pop()
+        if parts and parts[-1] in protocols.COLE_ORDERS:
+            order = parts.pop()
+        if len(parts) > 1:
+            raise ConfigError(f"data.protocol: malformed spec {spec!r} (expected {forms})")
+        if parts:
+            s = parts[0]
+            if not (s.isascii() and s.isdigit()) or int(s) >= 2**32:
+                raise ConfigError(f"data.protocol: seed {s!r} in {spec!r} must be an integer "
+                                  f"in [0, 2**32) (expected {forms})")
+            seed = int(s)
+        proto = protocols.single_positive_cole(ds, seed=seed, order=order, negatives=negatives)
     else:
         proto = protocols.Protocol.load(spec)
     return protocols.apply_protocol(ds, proto)
 
 
-def build_semantics(cfg: Config, train: MultiLabelDataset) -> dict[str, torch.Tensor | None]:
-    """Label embeddings (C, E) and label graph (C, C) named by the model config."""
-    emb = graph = None
+def unseen_mask(cfg: Config, names: list[str]) -> torch.Tensor | None:
+    """``data.unseen`` as a boolean mask over ``names`` (None when the run is not zero-shot).
+
+    The setting is a list of class names or a text file with one name per line."""
+    spec = cfg.data.unseen
+    if spec is None:
+        return None
+    where = "data.unseen"
+    if isinstance(spec, str):
+        path = Path(spec)
+        if not path.is_file():
+            raise ConfigError(f"data.unseen: {path}: file of unseen label names not found")
+        where = f"data.unseen ({path})"
+        spec = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()
+                if ln.strip()]
+    index = {n: i for i, n in enumerate(names)}
+    missing = [n for n in spec if n not in index]
+    if missing:
+        raise ConfigError(f"{where}: {len(missing)} name(s) not among the dataset's "
+                          f"{len(names)} classes: {', '.join(map(repr, missing[:5]))}")
+    mask = torch.zeros(len(names), dtype=torch.bool)
+    mask[[index[n] for n in spec]] = True
+    if not mask.any() or mask.all():
+        raise ConfigError(f"{where}: needs at least one unseen and one seen class "
+                          f"(got {int(mask.sum())} unseen of {len(names)})")
+    return mask
+
+
+def build_semantics(cfg: Config, train: MultiLabelDataset,
+                    all_names: list[str] | None = None) -> dict[str, torch.Tensor | None]:
+    """Label embeddings (C, E) and label graph (C, C) named by the model config.
+
+    Zero-shot runs pass ``all_names`` (seen and unseen): the embeddings of all of them are
+    computed once and kept as ``label_bank`` (saved with the checkpoint, so evaluation and
+    prediction can score the unseen labels); the model gets the rows of ``train``'s
+    classes. The graph comes from ``train``'s targets only."""
+    emb = graph = bank = None
     names = list(train.labels.names)
     if cfg.model.label_embeddings:
-        from ..semantics.embeddings import label_embeddings
+        from ..semantics.embeddings import embedding_options, label_embeddings
 
-        emb = label_embeddings(cfg.model.label_embeddings, names)
+        opts = embedding_options(cfg.model)
+        if all_names is not None:
+            bank = label_embeddings(cfg.model.label_embeddings, all_names, **opts)
+            pos = {n: i for i, n in enumerate(all_names)}
+            emb = bank[[pos[n] for n in names]]
+        else:
+            emb = label_embeddings(cfg.model.label_embeddings, names, **opts)
+    elif all_names is not None:
+        raise ConfigError("data.unseen: a zero-shot run needs model.label_embeddings (how "
+                          "the unseen labels are described to the model)")
     if cfg.model.label_graph:
         from ..semantics.graphs import label_graph
 
         graph = label_graph(cfg.model.label_graph, train.targets, names)
-    return {"embeddings": emb, "graph": graph}
+    out: dict[str, torch.Tensor | None] = {"embeddings": emb, "graph": graph}
+    if bank is not None:
+        out["label_bank"] = bank
+    return out
 
 
 def build_model(cfg: Config, num_classes: int, semantics: dict[str, torch.Tensor | None],

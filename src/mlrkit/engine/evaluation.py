@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..config import Config, ConfigError, config_from_dict, deep_merge, parse_overrides
-from ..metrics import EvaluationReport, ZeroShotReport, zero_shot_metrics
+from ..metrics import EvaluationReport, ZeroShotReport, spml_metrics, zero_shot_metrics
 from ..metrics import evaluate as evaluate_scores
 from ..predict import load_model
 from . import builders
@@ -162,6 +162,8 @@ def predict_checkpoint(checkpoint: str | Path, overrides: list[str] | None = Non
         zero_shot = zero_shot_metrics(logits, val.targets, unseen, zsl_scores=zsl_logits,
                                       ap_mode=cfg.eval.ap_mode, zero_means="unknown")
         report.zero_shot = zero_shot  # type: ignore[attr-defined]
+    report.spml = (spml_metrics(logits, val.targets, ap_mode=cfg.eval.ap_mode,  # type: ignore
+                                zero_means="unknown") if cfg.eval.spml else None)
     return CheckpointPredictions(
         report=report, names=names, logits=logits.float(), targets=val.targets,
         dataset=val, threshold=threshold, checkpoint=resolve_checkpoint(checkpoint),

@@ -11,23 +11,46 @@ from ..config import OptimConfig, SchedConfig
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD / Adam / AdamW; backbone parameters get ``lr * backbone_lr_mult``."""
+    """SGD / Adam / AdamW over the trainable parameters.
+
+    Learning rate: ``lr`` times a multiplier: the one of the longest prefix of the
+    parameter's name in ``lr_mult`` (e.g. ``backbone.visual.transformer.resblocks.11``:
+    layer-wise decay), else ``backbone_lr_mult`` for backbone parameters, else 1. With
+    ``no_decay_1d`` parameters of one dimension (biases, norm scales) get no weight decay.
+    """
     backbone = getattr(model, "backbone", None)
     bb_ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
-    bb = [p for p in model.parameters() if p.requires_grad and id(p) in bb_ids]
-    head = [p for p in model.parameters() if p.requires_grad and id(p) not in bb_ids]
-    groups = [{"params": head, "lr": cfg.lr, "name": "head"}]
-    if bb:
-        groups.append({"params": bb, "lr": cfg.lr * cfg.backbone_lr_mult, "name": "backbone"})
-    if not head and not bb:
+    names = [n for n, _ in model.named_parameters()]
+    for pre in cfg.lr_mult:
+        if not any(n.startswith(pre) for n in names):
+            raise ValueError(f"optim.lr_mult: no model parameter starts with {pre!r}")
+    groups: dict[tuple[str, float, bool], list[nn.Parameter]] = {}
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        match = max((pre for pre in cfg.lr_mult if n.startswith(pre)), key=len, default=None)
+        if match is not None:
+            key, mult = f"lr_mult:{match}", float(cfg.lr_mult[match])
+        elif id(p) in bb_ids:
+            key, mult = "backbone", cfg.backbone_lr_mult
+        else:
+            key, mult = "head", 1.0
+        decay = not (cfg.no_decay_1d and p.dim() <= 1)
+        groups.setdefault((key, mult, decay), []).append(p)
+    if not groups:
         raise ValueError("the model has no trainable parameters")
+    order = sorted(groups, key=lambda k: (k[0] != "head", k[0] != "backbone", k[0], not k[2]))
+    param_groups = [{"params": groups[k], "lr": cfg.lr * k[1],
+                     "name": k[0] if k[2] else f"{k[0]} (no decay)",
+                     **({} if k[2] else {"weight_decay": 0.0})} for k in order]
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+        return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay)
     betas = (float(cfg.betas[0]), float(cfg.betas[1]))
     if cfg.name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(param_groups, lr=cfg.lr, betas=betas,
+                                weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
 
 
 class Schedule:
