@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 
 from conftest import make_color_images
@@ -72,6 +73,30 @@ def test_cv_command_end_to_end(tmp_path, capsys):
     assert res["summary"]["mAP"]["mean"] == pytest.approx(mean)
     assert res["summary"]["mAP"]["std"] == pytest.approx(
         (sum((m - mean) ** 2 for m in maps) / 5) ** 0.5)
+    # pooled: each seed's 3 test folds together, all 24 images once; mAP by scikit-learn
+    from sklearn.metrics import average_precision_score
+
+    from mlrkit.config import load_config
+    from mlrkit.engine.crossval import fold_configs
+    from mlrkit.engine.evaluation import predict_checkpoint
+
+    base = load_config(cfg)
+    per_seed = []
+    for seed in (0, 1):
+        parts = []
+        for r in res["runs"]:
+            if r["seed"] == seed:
+                test = fold_configs(base, 3, r["fold"], seed)[1]
+                parts.append(predict_checkpoint(r["run"], [f"data.val={json.dumps(test)}"]))
+        s = torch.cat([p.logits for p in parts]).numpy()
+        t = torch.cat([p.targets for p in parts]).numpy()
+        assert len(s) == 24 and len({i for p in parts for i in p.ids}) == 24
+        aps = [average_precision_score(t[:, c] == 1, s[:, c]) for c in range(t.shape[1])
+               if (t[:, c] == 1).any()]
+        per_seed.append(sum(aps) / len(aps))
+    assert res["pooled"]["mAP"]["n"] == 2
+    assert res["pooled"]["mAP"]["mean"] == pytest.approx(sum(per_seed) / 2, abs=1e-6)
+    assert "pooled" in out
     # a second call reuses the finished runs and gives the same numbers
     assert cli.main(["cv", "--config", str(cfg), "--folds", "3", "--seeds", "0", "1"]) == 0
     again = json.loads((tmp_path / "runs" / "tiny_cv.json").read_text())

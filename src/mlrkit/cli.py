@@ -141,6 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list-models", help="list methods and backbones")
     _add_common(p)
 
+    p = sub.add_parser("export", help="export a checkpoint (images -> logits) to ONNX or "
+                       "TorchScript, class names and preprocessing inside the file")
+    p.add_argument("--checkpoint", required=True, help="run directory or .safetensors file")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", required=True, metavar="FILE", help="file to write")
+    p.add_argument("--image-size", type=int, metavar="S",
+                   help="input side (default: the checkpoint's data.image_size)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip running the written file against PyTorch on a random batch")
+    _add_common(p)
+
     p = sub.add_parser("push", help="upload a run's checkpoint and a model card to the "
                        "Hugging Face Hub (then usable as --checkpoint hf-hub:REPO_ID)")
     p.add_argument("run_dir", metavar="RUN_DIR",
@@ -230,6 +241,9 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     title = (f"{res['name']}: {args.folds}-fold cross-validation x {len(args.seeds)} seeds "
              f"(test folds, mean ± std over {len(res['runs'])} runs)")
     print(format_summary(res["summary"], title))
+    print()
+    print(format_summary(res["pooled"], f"pooled: each seed's {args.folds} test folds scored "
+                         f"together (mean ± std over {len(args.seeds)} seeds)"))
     print(f"written to {res['path']}")
     return 0
 
@@ -423,6 +437,19 @@ def _cmd_embed_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    res = export_model(args.checkpoint, args.out, format=args.format,
+                       image_size=args.image_size, check=not args.no_check)
+    names = res.metadata.get("label_names") or []
+    print(f"{res.format}: {res.path} ({res.input_name} {res.input_shape} -> "
+          f"{', '.join(res.output_names)} (batch, {len(names)}))")
+    if res.max_abs_diff is not None:
+        print(f"max |logit difference| vs PyTorch on a random batch: {res.max_abs_diff:.2e}")
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from .backbones import list_backbones
     from .model import list_models
@@ -434,7 +461,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 _COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "cv": _cmd_cv, "predict": _cmd_predict,
              "extract-features": _cmd_extract, "demo": _cmd_demo, "data": _cmd_data,
-             "list-models": _cmd_list, "embed-labels": _cmd_embed_labels, "push": _cmd_push}
+             "list-models": _cmd_list, "embed-labels": _cmd_embed_labels,
+             "export": _cmd_export, "push": _cmd_push}
 
 
 def error_line(e: BaseException) -> str:

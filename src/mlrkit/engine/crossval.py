@@ -4,7 +4,9 @@ For fold ``k`` of ``K`` (a split of the config's training images by image id) an
 the run trains on the other folds minus an inner hold-out (``fold: val``, 25 % by default),
 which alone picks the checkpoint and drives the schedule; fold ``k`` is scored once, at the
 end, with the chosen checkpoint. The summary is the mean and standard deviation over
-folds x seeds.
+folds x seeds; ``pooled`` puts each seed's outer folds together (every image scored once by
+a model that never trained on it) and gives the mean and deviation over seeds. Zero-shot
+configs add the ZSL / GZSL metrics to both.
 """
 
 from __future__ import annotations
@@ -45,14 +47,39 @@ def fold_configs(base: Config, folds: int, index: int, seed: int) -> tuple[Confi
     return config_from_dict(data), test
 
 
-def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def summarize(rows: Sequence[dict[str, Any]],
+              metrics: Sequence[str] = METRICS) -> dict[str, dict[str, float]]:
     """Mean, sample standard deviation and count of each metric over the runs."""
     out = {}
-    for m in METRICS:
+    for m in metrics:
         vals = [float(r[m]) for r in rows if r.get(m) is not None and not math.isnan(r[m])]
         if vals:
             out[m] = {"mean": statistics.fmean(vals),
                       "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
+    return out
+
+
+def pooled_metrics(parts: Sequence[Any]) -> dict[str, float]:
+    """The metrics of one seed's K outer folds put together: every image scored once, by
+    the model that did not train on it (``CheckpointPredictions`` of each fold). On small
+    data this ranks over all images instead of one fold's few."""
+    import torch
+
+    from ..metrics import evaluate, zero_shot_metrics
+
+    logits = torch.cat([p.logits for p in parts])
+    targets = torch.cat([p.targets for p in parts])
+    first = parts[0]
+    report = evaluate(logits, targets, scores_are="logits", zero_means="unknown",
+                      threshold=first.config.eval.threshold,
+                      top_k=first.config.eval.top_k or None, ap_mode=first.config.eval.ap_mode)
+    out = {m: report.summary.get(m) for m in METRICS}
+    if first.zero_shot is not None:
+        unseen = torch.tensor([n in set(first.meta["zero_shot"]["unseen"]) for n in first.names])
+        zs = zero_shot_metrics(logits, targets, unseen, ap_mode=first.config.eval.ap_mode,
+                               zero_means="unknown",
+                               zsl_scores=torch.cat([p.zsl_logits for p in parts]))
+        out.update(zs.to_dict())
     return out
 
 
@@ -70,7 +97,7 @@ def cross_validate(config: str | Path, folds: int = 4, seeds: Sequence[int] = (0
 
     A run whose folder already holds ``metrics.json`` is not trained again, only scored.
     """
-    from .evaluation import evaluate_checkpoint
+    from .evaluation import predict_checkpoint
     from .trainer import train
 
     base = load_config(config, list(overrides))
@@ -78,6 +105,7 @@ def cross_validate(config: str | Path, folds: int = 4, seeds: Sequence[int] = (0
         base.output_dir = str(output_dir)
     base.train.progress = progress and base.train.progress
     rows: list[dict[str, Any]] = []
+    pooled: dict[int, list[Any]] = {}  # seed -> the folds' predictions
     t0 = time.perf_counter()
     for k in range(folds):
         for seed in seeds:
@@ -86,19 +114,25 @@ def cross_validate(config: str | Path, folds: int = 4, seeds: Sequence[int] = (0
             start = time.perf_counter()
             if not (run / "metrics.json").exists():
                 train(cfg)
-            report, _ = evaluate_checkpoint(run, [f"data.val={json.dumps(test)}"])
+            res = predict_checkpoint(run, [f"data.val={json.dumps(test)}"])
+            report = res.report
+            pooled.setdefault(int(seed), []).append(res)
             meta = json.loads((run / "best.json").read_text())
             row = {"fold": k, "seed": int(seed), "run": str(run),
                    "best_epoch": meta.get("epoch"), "test_images": report.num_images,
                    "seconds": time.perf_counter() - start,
-                   **{m: report.summary.get(m) for m in METRICS}}
+                   **{m: report.summary.get(m) for m in METRICS},
+                   **(res.zero_shot.to_dict() if res.zero_shot is not None else {})}
             rows.append(row)
             print(f"fold {k} seed {seed}: test mAP {100 * row['mAP']:.1f} "
                   f"(best epoch {row['best_epoch']}, {row['test_images']} test images)",
                   flush=True)
-    summary = summarize(rows)
+    keys = [m for m in rows[0] if m in METRICS or m.startswith(("ZSL_", "GZSL_"))]
+    summary = summarize(rows, keys)
+    pooled_rows = [pooled_metrics(parts) for parts in pooled.values()]
     result = {"config": str(config), "overrides": list(overrides), "folds": folds,
               "seeds": [int(s) for s in seeds], "name": base.name, "summary": summary,
+              "pooled": summarize(pooled_rows, keys),
               "runs": rows, "seconds": time.perf_counter() - t0,
               "protocol": "K-fold by image id; inner 25 % hold-out of the training folds "
                           "picks the checkpoint and drives the schedule; the outer fold is "

@@ -42,6 +42,7 @@ class CheckpointPredictions:
     batch_size: int = 16
     zero_shot: ZeroShotReport | None = None  # zero-shot runs: ZSL and GZSL metrics
     label_embeddings: torch.Tensor | None = field(default=None, repr=False)  # scored set
+    zsl_logits: torch.Tensor | None = None  # zero-shot runs: the unseen labels scored alone
 
     @property
     def probs(self) -> torch.Tensor:
@@ -154,7 +155,7 @@ def predict_checkpoint(checkpoint: str | Path, overrides: list[str] | None = Non
                              threshold=threshold, top_k=cfg.eval.top_k or None,
                              ap_mode=cfg.eval.ap_mode)
     report.skipped = list(val.info.get("skipped", []))  # type: ignore[attr-defined]
-    zero_shot = report.zero_shot = None  # type: ignore[attr-defined]
+    zero_shot = report.zero_shot = zsl_logits = None  # type: ignore[attr-defined]
     if unseen is not None:
         # ZSL: a second forward with the unseen labels alone (the GAT, the attention sums and
         # the score normalization of an open-vocabulary head depend on the scored set)
@@ -169,7 +170,7 @@ def predict_checkpoint(checkpoint: str | Path, overrides: list[str] | None = Non
         dataset=val, threshold=threshold, checkpoint=resolve_checkpoint(checkpoint),
         split=describe_split(cfg.data.val), config=cfg, meta=meta, model=model,
         device=device, inputs=val_in, cached=bool(cfg.data.cache), batch_size=bs,
-        zero_shot=zero_shot, label_embeddings=bank)
+        zero_shot=zero_shot, label_embeddings=bank, zsl_logits=zsl_logits)
 
 
 def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str] | None = None
