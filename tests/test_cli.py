@@ -9,7 +9,8 @@ import pytest
 
 from mlrkit.cli import main
 
-SUBCOMMANDS = ["train", "eval", "predict", "extract-features", "demo", "data", "list-models"]
+SUBCOMMANDS = ["train", "eval", "cv", "predict", "extract-features", "demo", "data", "list-models",
+               "embed-labels", "export", "push"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

@@ -1,4 +1,5 @@
-"""The ``mlrkit`` command: train, eval, predict, extract-features, demo, data, list-models."""
+"""The ``mlrkit`` command: train, eval, cv, predict, extract-features, embed-labels, export,
+push, demo, data, list-models."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ def _add_common(p: argparse.ArgumentParser, top: bool = False) -> None:
     # sub-commands must not reset a --debug given before them
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors",
                    default=False if top else argparse.SUPPRESS)
+
+
+CHECKPOINT_HELP = "run directory, .safetensors file or hf-hub:owner/name[@revision]"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on its (or another) val dataset")
-    p.add_argument("--checkpoint", required=True, help="run directory or .safetensors file")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override keys of the checkpoint's config, e.g. data.val.root=/x")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -60,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("predict", help="label images with a trained checkpoint")
-    p.add_argument("--checkpoint", required=True, help="run directory or .safetensors file")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--threshold", type=float, help="probability threshold for every class "
                    "(default: the checkpoint's per-class thresholds)")
@@ -143,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a checkpoint (images -> logits) to ONNX or "
                        "TorchScript, class names and preprocessing inside the file")
-    p.add_argument("--checkpoint", required=True, help="run directory or .safetensors file")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     p.add_argument("--out", required=True, metavar="FILE", help="file to write")
     p.add_argument("--image-size", type=int, metavar="S",
