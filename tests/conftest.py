@@ -59,3 +59,18 @@ def train_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps
         opt.step()
         losses.append(loss.item())
     return losses
+
+
+def write_config(path: Path, cfg: dict, over: dict | None = None) -> Path:
+    """Write a run config as YAML after ``over``: dotted keys (``"train.epochs": 2``) set
+    inside the nested mapping; return the path."""
+    import yaml
+
+    for k, v in (over or {}).items():
+        node = cfg
+        *parents, last = k.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = v
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -14,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import make_color_images
+from conftest import make_color_images, write_config
 from mlrkit.config import load_config
 from mlrkit.engine.optim import build_optimizer, build_scheduler
 
@@ -38,15 +38,7 @@ def _config(tmp: Path, n_train: int = 48, **over) -> Path:
         # float32: the comparisons below are exact (amp auto picks bf16 on AMX CPUs)
         "train": {"epochs": 3, "progress": False, "ema": 0.9, "amp": "none"},
     }
-    for k, v in over.items():
-        node = cfg
-        *path, last = k.split(".")
-        for p in path:
-            node = node.setdefault(p, {})
-        node[last] = v
-    p = tmp / "config.yaml"
-    p.write_text(yaml.safe_dump(cfg))
-    return p
+    return write_config(tmp / "config.yaml", cfg, over)
 
 
 def _mlrkit(*args: str, **kw) -> subprocess.Popen:

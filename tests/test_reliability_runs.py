@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from conftest import make_color_images
+from conftest import make_color_images, write_config
 from mlrkit import cli
 from mlrkit.config import load_config
 from mlrkit.data.base import DataError, check_image
@@ -46,15 +45,7 @@ def _config(tmp: Path, n_train: int = 24, **over) -> Path:
         "optim": {"name": "adam", "lr": 1e-2},
         "train": {"epochs": 2, "progress": False, "amp": "none"},
     }
-    for k, v in over.items():
-        node = cfg
-        *path, last = k.split(".")
-        for p in path:
-            node = node.setdefault(p, {})
-        node[last] = v
-    p = tmp / "config.yaml"
-    p.write_text(yaml.safe_dump(cfg))
-    return p
+    return write_config(tmp / "config.yaml", cfg, over)
 
 
 def _caches(folder: Path) -> list[str]:

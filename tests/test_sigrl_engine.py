@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from sklearn.metrics import average_precision_score
 
-from conftest import make_color_images
+from conftest import make_color_images, write_config
 from mlrkit.config import ConfigError, load_config
 
 
@@ -34,15 +33,7 @@ def _config(tmp: Path, **over) -> Path:
         "optim": {"name": "adamw", "lr": 1e-2},
         "train": {"epochs": 2, "progress": False, "amp": "none"},
     }
-    for k, v in over.items():
-        node = cfg
-        *path, last = k.split(".")
-        for p in path:
-            node = node.setdefault(p, {})
-        node[last] = v
-    p = tmp / "config.yaml"
-    p.write_text(yaml.safe_dump(cfg))
-    return p
+    return write_config(tmp / "config.yaml", cfg, over)
 
 
 def test_zero_shot_run_trains_on_seen_and_evaluates_unseen(tmp_path):
