@@ -113,3 +113,25 @@ def test_resnext101_32x16d_timm(tmp_path: Path) -> None:
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(bb(x).map, ref.forward_features(x))
+
+
+def test_freeze_except_keeps_frozen_batchnorm_statistics():
+    """backbone_trainable: the stages outside the prefixes get no gradient and their
+    BatchNorm layers stay in eval mode (running statistics as loaded), as SSGRL's release."""
+    from mlrkit.backbones import create_backbone
+
+    torch.manual_seed(0)
+    bb = create_backbone("resnet50", pretrained=False).freeze_except(["body.layer4"])
+    bb.train()
+    frozen_bn, live_bn = bb.body.layer3[0].bn1, bb.body.layer4[0].bn1
+    assert not frozen_bn.training and live_bn.training
+    before = frozen_bn.running_mean.clone(), live_bn.running_mean.clone()
+    bb(torch.randn(2, 3, 64, 64))
+    assert torch.equal(frozen_bn.running_mean, before[0])
+    assert not torch.equal(live_bn.running_mean, before[1])
+    assert not bb.body.layer3[0].conv1.weight.requires_grad
+    assert bb.body.layer4[0].conv1.weight.requires_grad
+    bb.eval()
+    assert not live_bn.training
+    bb.train()  # every epoch's train() keeps the split
+    assert live_bn.training and not frozen_bn.training

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 
@@ -110,7 +111,11 @@ def test_key_and_name():
     key = cache_key(bb, ds, tf)
     assert key["backbone"] == "tiny" and key["weights"] == weights_digest(bb)
     assert weights_digest(Tiny()) == key["weights"] != weights_digest(Tiny(seed=1))
-    assert "Normalize(mean=(0.5, 0.5, 0.5)" in key["transform"] and "(16, 16)" in key["transform"]
+    assert "Normalize(mean=[0.5, 0.5, 0.5]" in key["transform"]
+    assert "size=[16, 16], interpolation=InterpolationMode.BILINEAR" in key["transform"]
+    bicubic = dataclasses.replace(bb.preprocessing, interpolation="bicubic")
+    bb.preprocessing = bicubic  # the backbone's resize filter is part of the key
+    assert "BICUBIC" in cache_key(bb, ds, default_transform(bb))["transform"]
     import hashlib
 
     h = hashlib.sha256(json.dumps(ds.ids).encode())

@@ -1,4 +1,6 @@
-"""EfficientNet-Lite0: output geometry, real ImageNet weights, the preprocessing they expect."""
+"""EfficientNet-Lite0 (timm's tf_efficientnet_lite0 + the offline package's ImageNet weights):
+output geometry, the renamed weights, equality with the package's own network on real photos,
+the preprocessing the weights expect."""
 
 from __future__ import annotations
 
@@ -8,10 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("efficientnet_lite_pytorch")
-
-from mlrkit.backbones import create_backbone, list_backbones  # noqa: E402
-from mlrkit.backbones.efficientnet_lite import default_weights_path  # noqa: E402
+from mlrkit.backbones import create_backbone, list_backbones
+from mlrkit.backbones.efficientnet_lite import default_weights_path, package_to_timm
 
 
 def _weights_file() -> Path:
@@ -42,7 +42,10 @@ def test_registered_and_metadata():
     assert bb.out_dim == 1280
     assert bb.weights_id == "random"
     assert bb.preprocessing.image_size == 224
+    # timm's pretrained_cfg for tf_efficientnet_lite0: bicubic, mean = std = 0.5, crop 0.875
     assert bb.preprocessing.mean == (0.5, 0.5, 0.5) and bb.preprocessing.std == (0.5, 0.5, 0.5)
+    assert bb.preprocessing.interpolation == "bicubic"
+    assert bb.preprocessing.crop_pct == 0.875
     assert create_backbone("efficientnet_lite0", image_size=448).preprocessing.image_size == 448
     # 4.7 M parameters with the ImageNet classifier (published size of EfficientNet-Lite0)
     assert abs(sum(p.numel() for p in bb.parameters()) / 1e6 - 4.65) < 0.05
@@ -60,26 +63,62 @@ def test_map_shape(hw):
 def test_pretrained_weights_are_the_files_tensors(pretrained):
     sd = torch.load(_weights_file(), map_location="cpu", weights_only=True)
     own = pretrained.model.state_dict()
-    assert set(sd) == set(own)
-    for k in ("_conv_stem.weight", "_blocks.7._depthwise_conv.weight", "_bn1.running_var",
-              "_conv_head.weight", "_fc.bias"):
-        assert torch.equal(own[k], sd[k]), k
+    assert len(sd) == len(own) == 296
+    # package name -> timm name, written out by hand (stages of 1, 2, 2, 3, 3, 4, 1 blocks:
+    # package block 7 is the third block of stage 3; block 0 has no expansion conv)
+    pairs = {"_conv_stem.weight": "conv_stem.weight", "_bn0.running_mean": "bn1.running_mean",
+             "_blocks.0._depthwise_conv.weight": "blocks.0.0.conv_dw.weight",
+             "_blocks.0._project_conv.weight": "blocks.0.0.conv_pw.weight",
+             "_blocks.1._expand_conv.weight": "blocks.1.0.conv_pw.weight",
+             "_blocks.7._depthwise_conv.weight": "blocks.3.2.conv_dw.weight",
+             "_blocks.7._bn2.running_var": "blocks.3.2.bn3.running_var",
+             "_blocks.15._project_conv.weight": "blocks.6.0.conv_pwl.weight",
+             "_bn1.running_var": "bn2.running_var", "_conv_head.weight": "conv_head.weight",
+             "_fc.bias": "classifier.bias"}
+    for k, t in pairs.items():
+        assert torch.equal(own[t], sd[k]), k
+    # the renaming is the order-preserving one (both layouts list the tensors in forward order)
+    assert list(package_to_timm(sd)) == list(own)
+    assert all(own[t].shape == sd[k].shape for k, t in zip(sd, own))
     assert pretrained.weights_id == "efficientnet-lite0-imagenet"
     rand = create_backbone("efficientnet_lite0")
-    assert not torch.equal(rand.model.state_dict()["_conv_head.weight"], sd["_conv_head.weight"])
+    assert not torch.equal(rand.model.state_dict()["conv_head.weight"], sd["_conv_head.weight"])
 
 
 def test_local_weight_file(tmp_path, pretrained):
+    # timm's layout
     path = tmp_path / "lite0.pth"
     torch.save(pretrained.model.state_dict(), path)
     bb = create_backbone("efficientnet_lite0", pretrained=str(path))
-    assert torch.equal(bb.model._conv_head.weight, pretrained.model._conv_head.weight)
+    assert torch.equal(bb.model.conv_head.weight, pretrained.model.conv_head.weight)
     assert bb.weights_id.startswith("file:lite0.pth:")
-    # a backbone state dict ("model." prefix) without the classifier loads too
-    sd = {k: v for k, v in pretrained.state_dict().items() if "_fc." not in k}
-    torch.save(sd, tmp_path / "nofc.pth")
-    bb2 = create_backbone("efficientnet_lite0", pretrained=str(tmp_path / "nofc.pth"))
-    assert torch.equal(bb2.model._bn1.running_mean, pretrained.model._bn1.running_mean)
+    # a backbone state dict ("model." prefix) without the classifier, as safetensors
+    from safetensors.torch import save_file
+
+    sd = {k: v.contiguous() for k, v in pretrained.state_dict().items() if "classifier" not in k}
+    save_file(sd, str(tmp_path / "nofc.safetensors"))
+    bb2 = create_backbone("efficientnet_lite0", pretrained=str(tmp_path / "nofc.safetensors"))
+    assert torch.equal(bb2.model.bn2.running_mean, pretrained.model.bn2.running_mean)
+    # the package's own layout (a copy of its file)
+    pkg = torch.load(_weights_file(), map_location="cpu", weights_only=True)
+    torch.save(pkg, tmp_path / "pkg.pth")
+    bb3 = create_backbone("efficientnet_lite0", pretrained=str(tmp_path / "pkg.pth"))
+    for k, v in pretrained.model.state_dict().items():
+        assert torch.equal(bb3.model.state_dict()[k], v), k
+
+
+def test_checkpoints_of_the_package_layout_still_load(pretrained):
+    """A model checkpoint saved when the backbone was efficientnet_lite_pytorch's network
+    (keys ``backbone.model._conv_stem.weight`` ...) loads into timm's layout."""
+    from mlrkit import create_model
+
+    pkg = torch.load(_weights_file(), map_location="cpu", weights_only=True)
+    model = create_model("baseline", backbone="efficientnet_lite0", num_classes=3)
+    state = {f"backbone.model.{k}": v for k, v in pkg.items()}
+    state.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
+    model.load_state_dict(state)  # strict
+    for k, v in pretrained.model.state_dict().items():
+        assert torch.equal(model.backbone.model.state_dict()[k], v), k
 
 
 def test_bad_weights_and_options(tmp_path):
@@ -87,8 +126,14 @@ def test_bad_weights_and_options(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere/lite0.pth.*put the file there"):
         create_backbone("efficientnet_lite0", pretrained=str(missing))
     torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "other.pth")
-    with pytest.raises(ValueError, match="other.pth: not EfficientNet-Lite0 weights"):
+    # 296 tensors less the 2 of the classifier, which a file may leave out
+    with pytest.raises(ValueError, match=r"other.pth: not efficientnet_lite0 weights; missing "
+                       r"294 \(first: conv_stem.weight.*unexpected 1 \(first: conv.weight\)"):
         create_backbone("efficientnet_lite0", pretrained=str(tmp_path / "other.pth"))
+    torch.save({"_conv_stem.weight": torch.zeros(3), "_blocks.99._bn1.bias": torch.zeros(3)},
+               tmp_path / "pkgbad.pth")
+    with pytest.raises(ValueError, match="pkgbad.pth: '_blocks.99._bn1.bias' is not"):
+        create_backbone("efficientnet_lite0", pretrained=str(tmp_path / "pkgbad.pth"))
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.pth: not a readable"):
         create_backbone("efficientnet_lite0", pretrained=str(tmp_path / "junk.pth"))
@@ -118,8 +163,8 @@ def test_preprocessing_matches_the_weights_statistics(pretrained, data_dir):
     on real photos normalized as ``preprocessing`` says, the conv outputs must have about that
     variance, while ImageNet mean/std (a 2.2x wider input range) would not."""
     files = _coco_photos(data_dir, 32)
-    stem = pretrained.model._conv_stem
-    run_var = pretrained.model._bn0.running_var
+    stem = pretrained.model.conv_stem
+    run_var = pretrained.model.bn1.running_var
     ok = run_var > 1e-3
     ratios = {}
     for name, mean, std in [("lite", pretrained.preprocessing.mean, pretrained.preprocessing.std),
@@ -211,4 +256,44 @@ def test_folded_inference_path_matches_the_plain_network(pretrained):
     bb.freeze(False).train()
     bb.fuse = True
     bb.forward_map(x).mean().backward()
-    assert bb.model._conv_stem.weight.grad is not None
+    assert bb.model.conv_stem.weight.grad is not None
+
+
+def test_same_maps_as_the_package_network_on_real_photos(pretrained, data_dir):
+    """timm's network with the renamed weights computes the package's own network: same map
+    on real photos at 448 px, prepared as the backbone's preprocessing says."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from efficientnet_lite_pytorch import EfficientNet
+    from PIL import Image
+
+    from mlrkit.data.transforms import transform_for
+
+    ref = EfficientNet.from_name("efficientnet-lite0", image_size=None, num_classes=1000)
+    ref.load_state_dict(torch.load(_weights_file(), map_location="cpu", weights_only=True))
+    ref.eval()
+    tf = transform_for(pretrained.preprocessing, train=False, image_size=448)
+    x = torch.stack([tf(Image.open(f).convert("RGB")) for f in _coco_photos(data_dir, 4)])
+    with torch.no_grad():
+        want = ref.extract_features(x)
+        folded = pretrained.forward_map(x)
+        pretrained.fuse = False
+        try:
+            plain = pretrained.forward_map(x)
+        finally:
+            pretrained.fuse = True
+    assert want.shape == plain.shape == (4, 1280, 14, 14)
+    assert want.abs().max() > 1.0  # a real map, not zeros
+    # same operations in the same order: equal up to float rounding; BN folding changes the
+    # rounding (measured max |diff| 0 plain, ~3e-5 folded, on maps in [0, 6])
+    torch.testing.assert_close(plain, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(folded, want, rtol=0, atol=2e-4)
+
+
+def test_eval_transform_uses_the_bicubic_filter(pretrained):
+    from torchvision.transforms import InterpolationMode, v2
+
+    from mlrkit.data.transforms import transform_for
+
+    tf = transform_for(pretrained.preprocessing, train=False)
+    resize = [t for t in tf.transforms if isinstance(t, v2.Resize)]
+    assert [r.interpolation for r in resize] == [InterpolationMode.BICUBIC]

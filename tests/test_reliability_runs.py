@@ -75,7 +75,7 @@ def test_eval_never_reports_another_checkpoints_numbers(tmp_path, monkeypatch):
     other = tmp_path / "other"
     other.mkdir()
     state = load_file(run / "best.safetensors")
-    stem = [k for k in state if "_conv_stem" in k and k.endswith("weight")]
+    stem = [k for k in state if "conv_stem" in k and k.endswith("weight")]
     assert stem
     for k in stem:
         state[k] = torch.zeros_like(state[k])
@@ -250,7 +250,8 @@ def test_skip_bad_images_in_train_extract_eval_and_predict(tmp_path, capsys):
         pred.predict(images)
     res = pred.predict(images, skip_bad=True)
     assert [r.error is None for r in res] == [True, False, True] and bad[0] in res[1].error
-    assert res[0].scores == pred.predict(images[0])[0].scores  # one path = one image
+    # one path = one image (a batch of 2 and of 1 may differ in the last float bits)
+    assert res[0].scores == pytest.approx(pred.predict(images[0])[0].scores, rel=1e-5)
     assert cli.main(["predict", "--checkpoint", str(run), "--json", "--skip-bad",
                      *images]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]

@@ -5,10 +5,11 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from ..registry import BACKBONES
+from ..registry import BACKBONES, UnknownNameError
 from .base import Backbone, CachedFeatures, Preprocessing
 
 _MODULES = ["cnn", "efficientnet_lite", "clip"]
+TIMM_PREFIX = "timm:"  # create_backbone("timm:<name>"): any timm model (timm_backbone.py)
 
 for _m in _MODULES:
     try:
@@ -19,8 +20,17 @@ for _m in _MODULES:
 
 
 def create_backbone(name: str, pretrained: bool | str = False, **options: Any) -> Backbone:
-    """Build the backbone registered as ``name``; ``pretrained`` may be a local weight path."""
-    return BACKBONES.get(name)(pretrained=pretrained, **options)
+    """Build the backbone registered as ``name``, or ``timm:<model>`` for any timm model;
+    ``pretrained`` may be a local weight path."""
+    if name.startswith(TIMM_PREFIX):
+        from .timm_backbone import create_timm_backbone
+
+        return create_timm_backbone(name[len(TIMM_PREFIX):], pretrained=pretrained, **options)
+    try:
+        factory = BACKBONES.get(name)
+    except UnknownNameError as e:
+        raise UnknownNameError(f"{e}; or timm:<name> for any timm model") from None
+    return factory(pretrained=pretrained, **options)
 
 
 def list_backbones() -> list[str]:

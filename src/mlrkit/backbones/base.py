@@ -15,11 +15,19 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """The input a backbone's weights expect."""
+    """The input a backbone's weights expect.
+
+    ``interpolation`` (``bilinear``, ``bicubic`` or ``nearest``) is the resize filter the
+    transforms use. ``crop_pct`` records the centre-crop fraction the weights were evaluated
+    with on ImageNet (timm's ``crop_pct``); mlrkit's evaluation transform resizes the whole
+    image (a multi-label image's objects reach its borders), so it is informational.
+    """
 
     image_size: int = 448
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    crop_pct: float = 1.0
 
 
 class Backbone(nn.Module):
@@ -59,8 +67,9 @@ class Backbone(nn.Module):
         return self
 
     def freeze_except(self, prefixes: list[str]) -> Backbone:
-        """Stop gradients of every parameter whose name starts with none of ``prefixes``
-        (BatchNorm layers stay in train mode, as in SSGRL's release)."""
+        """Stop gradients of every parameter whose name starts with none of ``prefixes``;
+        the BatchNorm layers outside them stay in eval mode (their running statistics keep
+        the pretrained values), as SSGRL's release does (``resnet.eval(); layer4.train()``)."""
         names = [n for n, _ in self.named_parameters()]
         for pre in prefixes:
             if not any(n.startswith(pre) for n in names):
@@ -69,10 +78,18 @@ class Backbone(nn.Module):
                                  f"{pre!r}; names start with: {', '.join(tops[:12])}")
         for n, p in self.named_parameters():
             p.requires_grad_(any(n.startswith(pre) for pre in prefixes))
-        return self
+        self._trainable = list(prefixes)
+        return self.train(self.training)
 
     def train(self, mode: bool = True) -> Backbone:
-        return super().train(mode and not self.frozen)
+        super().train(mode and not self.frozen)
+        keep = getattr(self, "_trainable", None)
+        if mode and keep is not None:  # frozen parts: BatchNorm statistics stay as loaded
+            for name, m in self.named_modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
+                        name.startswith(pre) for pre in keep):
+                    m.eval()
+        return self
 
 
 class CachedFeatures(Backbone):

@@ -78,12 +78,11 @@ def images_hash(ids: Sequence[str], paths: Sequence[Any] | None = None) -> str:
 
 
 def default_transform(backbone: torch.nn.Module) -> Callable[[Any], torch.Tensor]:
-    """Resize to the backbone's square input size, to tensor, normalize with its mean/std."""
-    from torchvision import transforms as T
+    """The evaluation transform of the backbone's preprocessing: square resize with its
+    filter, to tensor, its mean / std (``transforms.transform_for``)."""
+    from .transforms import transform_for
 
-    prep = backbone.preprocessing
-    return T.Compose([T.Resize((prep.image_size, prep.image_size)), T.ToTensor(),
-                      T.Normalize(prep.mean, prep.std)])
+    return transform_for(backbone.preprocessing, train=False)
 
 
 def _dataset_ids(dataset: Dataset) -> list[str]:

@@ -16,6 +16,7 @@ from torchvision.transforms import InterpolationMode, v2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROPS = ("random_resized", "resize_crop", "resize")
+_PREP_KEYS = ("image_size", "mean", "std", "interpolation")  # read from a Preprocessing
 _INTERP = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
            "nearest": InterpolationMode.NEAREST}
 
@@ -74,16 +75,17 @@ def build_transform(train: bool, image_size: int = 448,
 
 def transform_for(preprocessing: Any, train: bool, **options: Any,
                   ) -> Callable[[Any], torch.Tensor]:
-    """``build_transform`` with ``image_size``, ``mean``, ``std`` from a backbone's preprocessing.
+    """``build_transform`` with ``image_size``, ``mean``, ``std`` and ``interpolation`` from a
+    backbone's preprocessing.
 
     ``preprocessing``: a backbone (its ``.preprocessing``), a ``Preprocessing`` object or a
     mapping with those keys. ``options`` override them and pass the augmentation settings.
     """
     pre = getattr(preprocessing, "preprocessing", preprocessing)
     if isinstance(pre, Mapping):
-        base = {k: pre[k] for k in ("image_size", "mean", "std") if k in pre}
+        base = {k: pre[k] for k in _PREP_KEYS if k in pre}
     else:
-        base = {k: getattr(pre, k) for k in ("image_size", "mean", "std") if hasattr(pre, k)}
+        base = {k: getattr(pre, k) for k in _PREP_KEYS if hasattr(pre, k)}
     if not base:
         raise TypeError(f"transform_for: {type(preprocessing).__name__} has no image_size / "
                         "mean / std")
