@@ -384,3 +384,31 @@ def test_sigrl_on_clip_resnet_starts_from_clip_dense_projection():
     with pytest.raises(ValueError, match="clip_dense needs a CLIP ResNet"):
         create_model("sigrl", backbone="efficientnet_lite0", num_classes=3,
                      label_embeddings=emb, visual_init="clip_dense")
+
+
+@pytest.mark.parametrize("method", ["coop", "sdcsp"])
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_clip_heads_export(method, fmt, tmp_path):
+    """The prompt heads export: under a tracer the text cache steps aside, the text tower
+    keeps every token and SD-CSP's pool takes its plain form; the file's logits equal the
+    eager model's (blockwise pool, cut prompts) on a new batch."""
+    from mlrkit.export import export_model
+    from mlrkit.model import create_model
+
+    pytest.importorskip("onnxruntime")
+    bb = _wrap(_clip(), image_size=128)
+    model = create_model(method, backbone=bb, num_classes=3, label_embeddings=torch.randn(3, 12),
+                         class_names=["dog", "cat", "hair drier"], n_ctx=4).eval()
+    res = export_model(model, tmp_path / f"{method}.{fmt}", format=fmt, image_size=128)
+    x = torch.randn(4, 3, 128, 128)
+    with torch.no_grad():
+        want = model(x).logits
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        got = torch.from_numpy(ort.InferenceSession(str(res.path)).run(
+            ["logits"], {"images": x.numpy()})[0])
+    else:
+        got = torch.jit.load(str(res.path))(x)
+        got = got.logits if hasattr(got, "logits") else got
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

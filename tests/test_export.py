@@ -140,6 +140,7 @@ def test_torch_export_of_a_trained_model(run):
     ("dlsa", {"d1": 16, "d2": 32, "heads": 2}),
     pytest.param("cmsg", {}, marks=pytest.mark.slow),
     pytest.param("mlgcn", {}, marks=pytest.mark.slow),
+    ("ssgrl", {"inter_dim": 16, "proj_dim": 16, "steps": 1}),
 ])
 def test_semantic_heads_export_to_onnx(method, options, tmp_path, data_dir):
     from mlrkit import create_model

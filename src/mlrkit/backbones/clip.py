@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..io import file_digest
+from ..nn.tracing import tracing
 from ..registry import BACKBONES
 from ..structures import Features
 from .base import Backbone, Preprocessing
@@ -144,9 +145,12 @@ class ClipTextTower(nn.Module):
             raise ValueError(f"CLIP text encode: {eot.numel()} EOT positions for {k} prompts")
         if k == 0:
             return embeddings.new_zeros(0, self.output_dim)
-        n = int(eot.max()) + 1  # causal mask: later tokens cannot change the EOT output
-        if int(eot.min()) < 0 or n > length:
-            raise ValueError(f"CLIP text encode: EOT positions must lie in [0, {length})")
+        if tracing():  # an exported graph keeps every token (no data-dependent length)
+            n = length
+        else:
+            n = int(eot.max()) + 1  # causal mask: later tokens cannot change the EOT output
+            if int(eot.min()) < 0 or n > length:
+                raise ValueError(f"CLIP text encode: EOT positions must lie in [0, {length})")
         dtype = self.transformer.get_cast_dtype()
         x = embeddings[:, :n].to(dtype) + self.positional_embedding[:n].to(dtype)
         x = self.transformer(x, attn_mask=self.attn_mask[:n, :n])

@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..io import file_digest
+from ..nn.tracing import tracing
 from .base import Backbone, Preprocessing
 from .cnn import load_state_dict_file
 
@@ -135,16 +136,6 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return fused.to(memory_format=torch.channels_last)
 
 
-def _tracing() -> bool:
-    """True inside torch.jit tracing/scripting, torch.compile and torch.export: exported
-    graphs see the plain network (exporters and runtimes fold BatchNorm themselves)."""
-    compiler = getattr(torch, "compiler", None)
-    return bool(torch.jit.is_scripting() or torch.jit.is_tracing()
-                or (compiler is not None and (compiler.is_compiling()
-                                              or getattr(compiler, "is_exporting",
-                                                         lambda: False)())))
-
-
 # ---------------------------------------------------------------- the backbone
 
 
@@ -197,7 +188,7 @@ class TimmBackbone(Backbone):
 
     def _use_fused(self) -> bool:
         return (self.fuse and not self.training
-                and (self.frozen or not torch.is_grad_enabled()) and not _tracing())
+                and (self.frozen or not torch.is_grad_enabled()) and not tracing())
 
     # -- forward
     def _run(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.prompts import PromptLearner
+from ..nn.tracing import tracing
 from ..registry import METHODS
 from ..structures import Features, Output
 
@@ -72,7 +73,7 @@ class PromptScorer(nn.Module):
 
     def text_features(self) -> torch.Tensor:
         """Unit-norm text features ``f^t_c`` (C, E) in float32 (SD-CSP eq. 7-8)."""
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or tracing():  # no cache in training or in an export
             self._cache = None
             return self._normalized(self.prompts())
         key = self._state_key(self.prompts.ctx.device)

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from ..nn.tracing import tracing
 from ..registry import METHODS
 from ..structures import Features, Output
 from .coop import PromptScorer, clip_backbone
@@ -179,6 +180,10 @@ def semantic_attention_pool(uf: torch.Tensor, vx: torch.Tensor, w: torch.Tensor,
     ``_SemanticAttentionPool``), in bounded memory, forward and backward."""
     if s0 is None:
         s0 = w.new_zeros(1)
+    if tracing():  # an exported graph: the plain form (no Python-side blocks)
+        z = torch.tanh(uf[:, None] * vx[None, :, None])  # (B, C, P, d)
+        a = torch.softmax(z @ w + s0.reshape(()), dim=-1)  # over the positions P
+        return a, (a[..., None] * z).sum(2)
     return _SemanticAttentionPool.apply(uf, vx, w, s0.reshape(1))
 
 

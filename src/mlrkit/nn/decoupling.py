@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .tracing import tracing
+
 __all__ = ["ClassWiseLinear", "LowRankBilinearAttention", "SemanticAlignmentAttention",
            "attention_pool"]
 
@@ -192,7 +194,10 @@ class LowRankBilinearAttention(nn.Module):
         vx = self.v(embeddings)  # (C, d)
         w_eff = (self.p.weight.T @ self.fa.weight.T).squeeze(-1)  # f_a(P z + b) = z.w_eff + b_eff
         b_eff = self.fa(self.p.bias)  # (1,)
-        s = _TanhBilinearScores.apply(uf, vx, w_eff) + b_eff  # SSGRL eq. 1 and f_a of eq. 2
+        if tracing():  # an exported graph: the plain form (no Python-side blocks)
+            s = torch.tanh(uf[:, None] * vx[None, :, None]) @ w_eff + b_eff
+        else:
+            s = _TanhBilinearScores.apply(uf, vx, w_eff) + b_eff  # SSGRL eq. 1, f_a of eq. 2
         return s.view(b, -1, h, w)
 
     def forward(self, fmap: torch.Tensor,
