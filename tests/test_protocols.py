@@ -369,3 +369,26 @@ def test_sweep_trains_each_proportion(sweep, tmp_path: Path, capsys) -> None:
                                                                summary["rows"]])
     with pytest.raises(ConfigError, match="the sweep sets the protocol"):
         sweep.run_sweep(config, [0.5], ["data.protocol=partial:0.5"], out)
+
+
+def test_protocol_on_a_fold_is_drawn_on_the_whole_split(voc_published, data_dir) -> None:
+    """A training fold gets exactly the published labels of its images: the protocol is
+    drawn on the whole split (all 5,011 trainval rows), then the fold's rows are taken."""
+    from mlrkit.config import load_config
+    from mlrkit.engine.builders import load_train_split
+
+    _, files = voc_published
+    root = str(data_dir / "voc2007")
+    cfg = load_config(None, [
+        f"data.train={{name: voc2007, root: {root}, split: trainval, difficult: negative, "
+        "fold: train}", "data.protocol=partial:0.1:legacy"])
+    ds = load_train_split(cfg)
+    assert 3700 < len(ds) < 3800  # the 75 % fold
+    pub = files[1]
+    row = {i: n for n, i in enumerate(pub.ids)}
+    assert torch.equal(ds.targets, pub.targets[[row[i] for i in ds.ids]])
+    assert ds.info["protocol"]["drawn_on"] == "the whole split (5011 images)"
+    # drawing on the fold alone gives other labels (the old behaviour)
+    from mlrkit.engine.builders import apply_protocol, load_split
+
+    assert not torch.equal(apply_protocol(cfg, load_split(cfg, "train")).targets, ds.targets)

@@ -58,6 +58,36 @@ def load_split(cfg: Config, which: str) -> MultiLabelDataset:
     return ds
 
 
+# data spec keys that take a subset of a split's images (hold-out and cross-validation folds)
+SUBSET_KEYS = ("fold", "val_fraction", "fold_seed", "cv_folds", "cv_index", "cv_part")
+
+
+def load_train_split(cfg: Config) -> MultiLabelDataset:
+    """``data.train`` with its training targets under ``data.protocol``.
+
+    A protocol is drawn on the whole split, then the fold's rows are taken: a subset of
+    images gets exactly the labels the protocol gives those images in the whole split (the
+    published partial-label files and the single-positive reference draws cover every
+    training image), and the draw does not depend on which images a fold holds."""
+    ds = load_split(cfg, "train")
+    if not cfg.data.protocol:
+        return ds
+    spec = dict(cfg.data.train)
+    if not any(spec.get(k) is not None for k in SUBSET_KEYS):
+        return apply_protocol(cfg, ds)
+    whole_cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, train={k: v for k, v in spec.items() if k not in SUBSET_KEYS}))
+    whole = apply_protocol(whole_cfg, load_split(whole_cfg, "train"))
+    row = {i: n for n, i in enumerate(whole.ids)}
+    missing = [i for i in ds.ids if i not in row]
+    if missing:  # pragma: no cover - a fold is a subset of its split
+        raise ConfigError(f"data.train: fold image {missing[0]!r} is not in the whole split")
+    ds.targets = whole.targets[[row[i] for i in ds.ids]].contiguous()
+    ds.info = dict(ds.info, protocol=dict(whole.info.get("protocol", {}),
+                                          drawn_on=f"the whole split ({len(whole)} images)"))
+    return ds
+
+
 def apply_protocol(cfg: Config, ds: MultiLabelDataset) -> MultiLabelDataset:
     """Replace training targets by a label protocol: a saved file, ``single_positive`` (run's
     seed), or a partial-label spec:

@@ -21,9 +21,9 @@ from typing import Any
 
 from ..config import Config, ConfigError, config_from_dict, deep_merge, load_config
 from ..io import atomic_write_text
+from .builders import SUBSET_KEYS
 
 METRICS = ("mAP", "CF1", "OF1", "CP", "CR", "OP", "OR")
-_POOL_KEYS = ("fold", "val_fraction", "cv_folds", "cv_index", "cv_part")
 
 
 def fold_configs(base: Config, folds: int, index: int, seed: int) -> tuple[Config, dict[str, Any]]:
@@ -34,7 +34,7 @@ def fold_configs(base: Config, folds: int, index: int, seed: int) -> tuple[Confi
     """
     if folds < 2:
         raise ConfigError(f"cv: --folds must be >= 2, got {folds}")
-    pool = {k: v for k, v in base.data.train.items() if k not in _POOL_KEYS}
+    pool = {k: v for k, v in base.data.train.items() if k not in SUBSET_KEYS}
     if "name" not in pool:
         raise ConfigError("data.train.name: missing (the dataset to cross-validate)")
     cv = {"cv_folds": folds, "cv_index": index}

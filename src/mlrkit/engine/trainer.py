@@ -120,7 +120,7 @@ class Trainer:
         note = amp_note(cfg.train.amp, self.amp, self.device)
         if note and self.info.is_main:
             print(note, file=sys.stderr)
-        train_ds = builders.apply_protocol(cfg, builders.load_split(cfg, "train"))
+        train_ds = builders.load_train_split(cfg)  # protocol drawn on the whole split
         val_ds = builders.load_split(cfg, "val")
         if val_ds.labels.names != train_ds.labels.names:
             raise ConfigError("data.val: its class names differ from data.train's")
