@@ -181,6 +181,7 @@ def test_set_labels_uses_checkpoint_tower_or_config_weights(tiny, tmp_path, monk
     pred.model = types.SimpleNamespace(open_vocabulary=True, backbone=own)
     pred.embedding_source, pred.model_config = "clip:clip_vitb16", mcfg
     pred.device, pred.default_threshold = torch.device("cpu"), 0.5
+    pred.label_bank = {}  # not a zero-shot run
     pred.set_labels(["dog", "cat"])  # the weight file is gone: the model's own tower serves
     torch.testing.assert_close(pred.label_embeddings, ref, atol=1e-5, rtol=1e-5)
     assert list(pred.labels.names) == ["dog", "cat"]
