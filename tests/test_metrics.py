@@ -457,3 +457,33 @@ def test_real_voc2007_test_labels_with_difficult(data_dir):
     rep = evaluate(s, t)
     assert rep.num_classes_with_positives == 20
     assert names[14] in rep.format_table(names)
+
+
+def test_zero_shot_tie_heavy_and_separate_zsl_scores():
+    """Tie-heavy scores (one decimal): top-k ties go to the lower class index, as a stable
+    argsort (BiAM's loop with kind="stable"); AP is tie-aware, as scikit-learn (a class
+    without positives 0). A separate ZSL score matrix replaces the unseen columns."""
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(3)
+    n, c = 120, 12
+    s = np.round(rng.random((n, c)), 1)
+    t = np.where(rng.random((n, c)) < 0.2, 1, -1)
+    t[:, 2] = -1
+    unseen = np.zeros(c, dtype=bool)
+    unseen[[0, 2, 7, 8]] = True
+    z = np.round(rng.random((n, 4)), 1)
+    rep = zero_shot_metrics(s, t, unseen, ks=(3, 5), zsl_scores=z)
+    for name, (sc, tg) in (("zsl", (z, t[:, unseen])), ("gzsl", (s, t))):
+        d = getattr(rep, name)
+        for k in (3, 5):
+            kk = min(k, sc.shape[1])
+            p, r, f, _ = biam_reference(sc, tg, kk)
+            assert (d[f"P@{k}"], d[f"R@{k}"], d[f"F1@{k}"]) == (
+                pytest.approx(p), pytest.approx(r), pytest.approx(f)), (name, k)
+        aps = [average_precision_score(tg[:, j] == 1, sc[:, j]) if (tg[:, j] == 1).any()
+               else 0.0 for j in range(tg.shape[1])]
+        assert d["mAP"] == pytest.approx(np.mean(aps)), name
+    assert rep.zsl != zero_shot_metrics(s, t, unseen, ks=(3, 5)).zsl
+    with pytest.raises(ValueError, match="zsl_scores"):
+        zero_shot_metrics(s, t, unseen, zsl_scores=z[:, :3])

@@ -492,7 +492,18 @@ def _topk_mask(s: np.ndarray, k: int) -> np.ndarray:
     if not 1 <= int(k) <= s.shape[1]:
         raise ValueError(f"top-k: k must be between 1 and the number of classes ({s.shape[1]}), "
                          f"got {k}")
-    idx = torch.topk(torch.from_numpy(s), int(k), dim=1).indices.numpy()
+    k = int(k)
+    t = torch.from_numpy(s)
+    if k == s.shape[1]:
+        return np.ones(s.shape, dtype=bool)
+    vals, idx = torch.topk(t, k + 1, dim=1)
+    # ties across the k-th place: the lower class index first (a stable sort), so the
+    # choice is defined and does not depend on torch.topk's internals
+    tied = (vals[:, k - 1] == vals[:, k]).nonzero().squeeze(1)
+    idx = idx[:, :k].clone()
+    if len(tied):
+        idx[tied] = torch.sort(t[tied], dim=1, descending=True, stable=True).indices[:, :k]
+    idx = idx.numpy()
     mask = np.zeros(s.shape, dtype=bool)
     np.put_along_axis(mask, idx, True, axis=1)
     return mask
@@ -652,7 +663,8 @@ def topk_prf(scores: Any, targets: Any, k: int, zero_means: ZeroMeans | None = N
     """Micro precision, recall and F1 (fractions) of the top-``k`` labels of every image.
 
     The BiAM / SigRL "overall" convention: each image predicts its ``k`` highest-scoring labels
-    (any real scores; ties at the k-th place broken by ``torch.topk``), pooled over all images:
+    (any real scores; ties at the k-th place go to the lower class index), pooled over all
+    images:
     ``P = TP / #predictions``, ``R = TP / #positives``, ``F1 = 2PR / (P + R)``. A prediction on
     an unknown (0) entry is not counted; with full labels ``#predictions = N k`` as in BiAM.
     ``zero_means`` as in :func:`evaluate` (needed for 0/1 targets).
