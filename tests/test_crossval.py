@@ -106,3 +106,15 @@ def test_cv_command_end_to_end(tmp_path, capsys):
 def test_summarize_skips_missing_values():
     s = summarize([{"mAP": 0.5, "CF1": 0.2}, {"mAP": 0.7, "CF1": None}])
     assert s["mAP"]["mean"] == pytest.approx(0.6) and s["CF1"]["n"] == 1
+
+
+def test_cv_reports_spml_metrics_when_asked(tmp_path):
+    from mlrkit.engine.crossval import cross_validate
+
+    cfg = _config(tmp_path)
+    res = cross_validate(cfg, folds=2, seeds=[0], overrides=[
+        "eval.spml=true", "data.protocol=single_positive:cole", "name=spml"])
+    assert {"SPML_mAP", "SPML_P@3", "SPML_F1@3"} <= set(res["summary"])
+    assert {"SPML_mAP", "SPML_F1@3"} <= set(res["pooled"])
+    for r in res["runs"]:  # per-image P@3 over 3 classes: at most the positives' share
+        assert 0 <= r["SPML_P@3"] <= 1 and 0 <= r["SPML_R@3"] <= 1

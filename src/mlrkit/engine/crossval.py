@@ -80,7 +80,16 @@ def pooled_metrics(parts: Sequence[Any]) -> dict[str, float]:
                                zero_means="unknown",
                                zsl_scores=torch.cat([p.zsl_logits for p in parts]))
         out.update(zs.to_dict())
+    if first.config.eval.spml:
+        from .evaluation import spml_report
+
+        out.update(_spml_keys(spml_report(logits, targets, first.config)))
     return out
+
+
+def _spml_keys(report: Any) -> dict[str, float]:
+    """``eval.spml`` metrics as ``SPML_mAP``, ``SPML_P@3``, ... (empty when not asked)."""
+    return {} if report is None else {f"SPML_{k}": v for k, v in report.to_dict().items()}
 
 
 def format_summary(summary: dict[str, dict[str, float]], title: str) -> str:
@@ -122,12 +131,13 @@ def cross_validate(config: str | Path, folds: int = 4, seeds: Sequence[int] = (0
                    "best_epoch": meta.get("epoch"), "test_images": report.num_images,
                    "seconds": time.perf_counter() - start,
                    **{m: report.summary.get(m) for m in METRICS},
-                   **(res.zero_shot.to_dict() if res.zero_shot is not None else {})}
+                   **(res.zero_shot.to_dict() if res.zero_shot is not None else {}),
+                   **_spml_keys(getattr(report, "spml", None))}
             rows.append(row)
             print(f"fold {k} seed {seed}: test mAP {100 * row['mAP']:.1f} "
                   f"(best epoch {row['best_epoch']}, {row['test_images']} test images)",
                   flush=True)
-    keys = [m for m in rows[0] if m in METRICS or m.startswith(("ZSL_", "GZSL_"))]
+    keys = [m for m in rows[0] if m in METRICS or m.startswith(("ZSL_", "GZSL_", "SPML_"))]
     summary = summarize(rows, keys)
     pooled_rows = [pooled_metrics(parts) for parts in pooled.values()]
     result = {"config": str(config), "overrides": list(overrides), "folds": folds,

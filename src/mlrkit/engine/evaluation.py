@@ -81,6 +81,13 @@ class CheckpointPredictions:
         return torch.cat(out)
 
 
+def spml_report(logits: torch.Tensor, targets: torch.Tensor, cfg: Config) -> Any:
+    """``eval.spml``: the SPML metrics at k = 3 and 5 (those not above the class count)."""
+    c = int(targets.shape[1])
+    ks = tuple(k for k in (3, 5) if k <= c) or (c,)
+    return spml_metrics(logits, targets, ks=ks, ap_mode=cfg.eval.ap_mode, zero_means="unknown")
+
+
 def _tail(path: Any) -> str:
     return "/".join(Path(str(path)).parts[-2:])
 
@@ -163,8 +170,8 @@ def predict_checkpoint(checkpoint: str | Path, overrides: list[str] | None = Non
         zero_shot = zero_shot_metrics(logits, val.targets, unseen, zsl_scores=zsl_logits,
                                       ap_mode=cfg.eval.ap_mode, zero_means="unknown")
         report.zero_shot = zero_shot  # type: ignore[attr-defined]
-    report.spml = (spml_metrics(logits, val.targets, ap_mode=cfg.eval.ap_mode,  # type: ignore
-                                zero_means="unknown") if cfg.eval.spml else None)
+    report.spml = (spml_report(logits, val.targets, cfg)  # type: ignore[attr-defined]
+                   if cfg.eval.spml else None)
     return CheckpointPredictions(
         report=report, names=names, logits=logits.float(), targets=val.targets,
         dataset=val, threshold=threshold, checkpoint=resolve_checkpoint(checkpoint),
