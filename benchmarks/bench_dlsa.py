@@ -24,11 +24,11 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
+
+from _common import run_case
 
 C = 80
 
@@ -101,11 +101,7 @@ def case_head(in_dim: int, d1: int, d2: int, batch: int, runs: int, bf16: int = 
 
 
 def _run(args: list[str], threads: int | None) -> dict:
-    cmd = [sys.executable, __file__, "--case", *args]
-    if threads:
-        cmd += ["--threads", str(threads)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return run_case(__file__, args, threads)
 
 
 def main() -> None:

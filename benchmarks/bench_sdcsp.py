@@ -29,12 +29,12 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
+
+from _common import run_case
 
 C, B, N_CTX = 80, 64, 16
 COCO_NAMES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco128" / \
@@ -125,11 +125,7 @@ def case(method: str, class_specific: int, runs: int, bf16: int = 0) -> dict:
 
 
 def _run(args: list[str], threads: int | None) -> dict:
-    cmd = [sys.executable, __file__, "--case", *args]
-    if threads:
-        cmd += ["--threads", str(threads)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return run_case(__file__, args, threads)
 
 
 def main() -> None:

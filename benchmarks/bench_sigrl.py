@@ -28,11 +28,11 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
+
+from _common import run_case
 
 E, GRID = 512, 14
 BYTES = {"fp32": 4, "bf16": 2}
@@ -109,11 +109,7 @@ def case(batch: int, classes: int, chunk: str, mode: str, dtype: str, runs: int,
 
 
 def _run(args: list[str], threads: int | None) -> dict:
-    cmd = [sys.executable, __file__, "--case", *args]
-    if threads:
-        cmd += ["--threads", str(threads)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return run_case(__file__, args, threads)
 
 
 def main() -> None:
