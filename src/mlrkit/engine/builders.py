@@ -170,13 +170,14 @@ def unseen_mask(cfg: Config, names: list[str]) -> torch.Tensor | None:
         where = f"data.unseen ({path})"
         spec = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()
                 if ln.strip()]
-    index = {n: i for i, n in enumerate(names)}
-    missing = [n for n in spec if n not in index]
+    from ..data.protocols import zero_shot_split
+
+    known = set(names)
+    missing = [n for n in spec if n not in known]
     if missing:
         raise ConfigError(f"{where}: {len(missing)} name(s) not among the dataset's "
                           f"{len(names)} classes: {', '.join(map(repr, missing[:5]))}")
-    mask = torch.zeros(len(names), dtype=torch.bool)
-    mask[[index[n] for n in spec]] = True
+    mask = zero_shot_split(names, unseen=list(spec)).unseen
     if not mask.any() or mask.all():
         raise ConfigError(f"{where}: needs at least one unseen and one seen class "
                           f"(got {int(mask.sum())} unseen of {len(names)})")
