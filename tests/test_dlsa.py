@@ -344,3 +344,36 @@ def test_dlsa_graph_on_voc2007_has_every_cooccurring_pair(data_dir) -> None:
     assert int((M[off] > 0).sum()) == int((adj[off] > 0).sum()) > 150
     ml_gcn = label_graph("cooccurrence", ds.targets, list(ds.labels.names)).numpy()
     assert int((ml_gcn[off] > 0).sum()) < 20
+
+
+def test_ffn_residual_is_z_plus_the_two_layers() -> None:
+    torch.manual_seed(5)
+    sar = SelfAttentionReasoning(D, heads=2, ffn_dim=12, ffn_residual=True).eval()
+    v = torch.randn(3, C, D)
+    with torch.no_grad():
+        z = v + sar.attend(v)  # eq. 6
+        ref = z + torch.relu(z @ sar.fc1.weight.T + sar.fc1.bias) @ sar.fc2.weight.T + sar.fc2.bias
+        torch.testing.assert_close(sar(v), ref)
+        sar.ffn_residual = False  # the paper's form: no residual, a ReLU after FC2
+        assert (sar(v) >= 0).all() and not torch.allclose(sar(v), ref)
+
+
+@pytest.mark.parametrize("proj", [False, True])
+def test_normalized_sd_pool_is_the_attention_weighted_mean(proj: bool) -> None:
+    torch.manual_seed(6)
+    d_in = 11 if proj else D
+    fmap = torch.randn(2, d_in, H, W)
+    sem = torch.randn(C, D) * 0.5
+    lin = torch.nn.Linear(d_in, D) if proj else None
+    with torch.no_grad():
+        v, a = SemanticAlignmentAttention(D, pool="normalized")(fmap, sem, lin)
+        f = fmap.flatten(2).transpose(1, 2)  # (B, HW, d_in)
+        if proj:
+            f = lin(f)
+        logits = torch.einsum("cd,bnd->bcn", sem, f)
+        w = torch.sigmoid(logits)
+        torch.testing.assert_close(a.flatten(2), w)
+        ref = torch.einsum("bcn,bnd->bcd", w, f) / w.sum(-1, keepdim=True)
+        torch.testing.assert_close(v, ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="pool"):
+        SemanticAlignmentAttention(D, pool="sum")

@@ -38,6 +38,9 @@ class ModelConfig:
     label_template: str | None = None
     label_weights: str | None = None
     options: dict[str, Any] = field(default_factory=dict)  # method options
+    # a learnable per-class logit offset, started at the log-odds of each class's frequency
+    # in the training labels (docs/methods.md, "Prior bias"); closed-label-set heads only
+    prior_bias: bool = False
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import operator
 from collections.abc import Sequence
@@ -27,6 +28,32 @@ class MLRModel(nn.Module):
         self.backbone = backbone
         self.head = head
         self.method = method
+        self.prior_bias: nn.Parameter | None = None
+
+    def add_prior_bias(self) -> None:
+        """Add a learnable per-class offset to the logits (zeros until
+        :meth:`init_prior_bias`): ``y_c = head(x)_c + b_c``."""
+        if self.open_vocabulary:
+            raise ValueError(f"method {self.method!r} scores any label set; a per-class "
+                             "prior bias needs a fixed one")
+        self.prior_bias = nn.Parameter(torch.zeros(self.num_classes))
+
+    @torch.no_grad()
+    def init_prior_bias(self, targets: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+        """Start the offsets at ``log(p_c / (1 - p_c))``, ``p_c`` the share of positives among
+        the known labels (``1`` / ``-1``; ``0`` is unknown) of class ``c`` in ``targets``
+        (N, C), clamped to ``[eps, 1 - eps]`` (Lin et al. 2017's prior initialisation, per
+        class). Returns them."""
+        if self.prior_bias is None:
+            raise ValueError("init_prior_bias: the model has no prior bias (add_prior_bias)")
+        t = torch.as_tensor(targets, dtype=torch.float32)
+        if t.dim() != 2 or t.shape[1] != self.num_classes:
+            raise ValueError(f"init_prior_bias: targets must be (N, {self.num_classes}), "
+                             f"got {tuple(t.shape)}")
+        known = (t != 0).float()
+        p = ((t > 0).float().sum(0) / known.sum(0).clamp_min(1)).clamp(eps, 1 - eps)
+        self.prior_bias.copy_(torch.log(p / (1 - p)).to(self.prior_bias))
+        return self.prior_bias.detach().clone()
 
     @property
     def num_classes(self) -> int:
@@ -45,7 +72,10 @@ class MLRModel(nn.Module):
         makes an open-vocabulary head score that label set instead of its own."""
         feats = x if isinstance(x, Features) else self.backbone(x)
         if label_embeddings is None:
-            return self.head(feats)
+            out = self.head(feats)
+            if self.prior_bias is not None:
+                out = dataclasses.replace(out, logits=out.logits + self.prior_bias)
+            return out
         if not self.open_vocabulary:
             raise ValueError(f"method {self.method!r} scores the fixed label set it was "
                              "trained on; it takes no label embeddings at inference")

@@ -233,6 +233,11 @@ def build_model(cfg: Config, num_classes: int, semantics: dict[str, torch.Tensor
             **m.options)
     except UnknownOptionError as e:
         raise ConfigError(f"model.{e}") from None
+    if m.prior_bias:
+        try:
+            model.add_prior_bias()
+        except ValueError as e:
+            raise ConfigError(f"model.prior_bias: {e}") from None
     if m.backbone_trainable is not None and not (m.freeze_backbone or cfg.data.cache):
         model.backbone.freeze_except(m.backbone_trainable)
     return model

@@ -141,6 +141,8 @@ class Trainer:
             cfg, train_ds, all_names=all_names if unseen is not None else None)
         model = builders.build_model(cfg, len(self.labels), self.semantics,
                                      class_names=list(self.labels.names)).to(self.device)
+        if cfg.model.prior_bias:  # from the training labels; --resume then loads the trained one
+            model.init_prior_bias(train_ds.targets)
         # further loss terms; a teacher is the model as built, before any training step
         self.terms = [(t, create_loss(t.name, **t.options)) for t in cfg.loss.terms]
         self.teacher = None

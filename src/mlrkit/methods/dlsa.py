@@ -37,8 +37,10 @@ class SelfAttentionReasoning(nn.Module):
     """
 
     def __init__(self, dim: int, heads: int = 4, ffn_dim: int | None = None,
-                 dropout: float = 0.0, scale: bool = True, out_proj: bool = True) -> None:
+                 dropout: float = 0.0, scale: bool = True, out_proj: bool = True,
+                 ffn_residual: bool = False) -> None:
         super().__init__()
+        self.ffn_residual = bool(ffn_residual)
         if dim % heads:
             raise ValueError(f"SAR: dim {dim} is not divisible by heads {heads}")
         self.heads = heads
@@ -68,6 +70,8 @@ class SelfAttentionReasoning(nn.Module):
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         z = v + self.attend(v)  # DLSA eq. 6: residual
+        if self.ffn_residual:  # the Transformer form: z + FC2(ReLU(FC1(z)))
+            return z + self.fc2(F.relu(self.fc1(z)))
         return F.relu(self.fc2(F.relu(self.fc1(z))))
 
 
@@ -105,7 +109,8 @@ class DLSA(nn.Module):
                  negative_slope: float = 0.2, align_scale: bool = False,
                  modulation: str = "residual", attn_scale: bool = True,
                  attn_out_proj: bool = True, classifier: str = "classwise",
-                 gcn_final_act: bool = False) -> None:
+                 gcn_final_act: bool = False, sd_pool: str = "mean",
+                 ffn_residual: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.lspl, self.sd, self.sar = bool(lspl), bool(sd), bool(sar)
@@ -125,9 +130,10 @@ class DLSA(nn.Module):
             raise ValueError(f"dlsa: modulation must be 'residual' or 'product', "
                              f"got {modulation!r}")
         self.modulation = modulation
-        self.align = SemanticAlignmentAttention(d2, align_scale) if self.sd else None
+        self.align = SemanticAlignmentAttention(d2, align_scale, sd_pool) if self.sd else None
         self.reason = (SelfAttentionReasoning(d2, heads, ffn_dim, dropout, scale=attn_scale,
-                                              out_proj=attn_out_proj) if self.sar else None)
+                                              out_proj=attn_out_proj, ffn_residual=ffn_residual)
+                       if self.sar else None)
         if classifier not in ("classwise", "mean_fc"):
             raise ValueError(f"dlsa: classifier must be 'classwise' or 'mean_fc', "
                              f"got {classifier!r}")

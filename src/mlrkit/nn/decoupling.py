@@ -215,12 +215,28 @@ class SemanticAlignmentAttention(nn.Module):
     semantic vector ``s_c`` (the LSPL output ``E^2``); the class vector is the
     attention-weighted mean ``v_c = 1/(HW) sum_hw a_{c,hw} f_hw`` (the mean keeps the scale of
     global pooling). ``scale=True`` divides the alignment by ``sqrt(D)``.
+
+    ``pool="normalized"`` divides by the attention's own mass instead,
+    ``v_c = sum_hw a_{c,hw} f_hw / sum_hw a_{c,hw}``: a weighted mean whose scale no longer
+    grows with the weights, so raising every weight to 1 (which turns the maps into global
+    average pooling) earns nothing (docs/methods.md, DLSA, "SD pooling").
     """
 
-    def __init__(self, dim: int, scale: bool = False) -> None:
+    def __init__(self, dim: int, scale: bool = False, pool: str = "mean") -> None:
         super().__init__()
+        if pool not in ("mean", "normalized"):
+            raise ValueError(f"semantic alignment: pool must be 'mean' or 'normalized', "
+                             f"got {pool!r}")
         self.dim = dim
         self.scale = 1.0 / math.sqrt(dim) if scale else 1.0
+        self.pool = pool
+
+    def _pool(self, fmap: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """DLSA eq. 3 with the chosen normalisation: ``/ HW`` or ``/ sum_hw a``."""
+        if self.pool == "mean":
+            return attention_pool(fmap, a, normalize=True)
+        mass = a.flatten(2).sum(-1, keepdim=True).float().clamp_min(1e-6)
+        return attention_pool(fmap, a) / mass.to(fmap.dtype)
 
     def forward(self, fmap: torch.Tensor, semantics: torch.Tensor,
                 proj: nn.Linear | None = None, return_logits: bool = False
@@ -245,14 +261,17 @@ class SemanticAlignmentAttention(nn.Module):
                                  f" dims, the feature map {fmap.shape[1]} channels")
             logits = (self._align(semantics, fmap) * self.scale).view(b, -1, h, w)
             a = torch.sigmoid(logits)
-            v = attention_pool(fmap, a, normalize=True)  # DLSA eq. 3
+            v = self._pool(fmap, a)  # DLSA eq. 3
             return (v, a, logits) if return_logits else (v, a)
         s_in = semantics @ proj.weight  # (C, D_in): P^T s_c
         logits = ((self._align(s_in, fmap) + (semantics @ proj.bias)[:, None])
                   * self.scale).view(b, -1, h, w)
         a = torch.sigmoid(logits)
-        u = attention_pool(fmap, a, normalize=True)  # (B, C, D_in)
-        v = u @ proj.weight.T + a.mean(dim=(2, 3))[..., None] * proj.bias  # DLSA eq. 3
+        u = self._pool(fmap, a)  # (B, C, D_in)
+        # the bias enters with the pooled weights' mass: a.mean over positions for "mean", 1
+        # for "normalized" (a weighted mean of P f + b is P (weighted mean f) + b)
+        mass = a.mean(dim=(2, 3))[..., None] if self.pool == "mean" else 1.0
+        v = u @ proj.weight.T + mass * proj.bias  # DLSA eq. 3
         return (v, a, logits) if return_logits else (v, a)
 
     @staticmethod

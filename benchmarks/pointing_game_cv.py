@@ -1,0 +1,126 @@
+"""Pointing game over the outer folds of ``mlrkit cv`` runs: every photo scored once.
+
+The single-split benchmark (``pointing_game.py``) scores one 32-photo fold of coco128, about
+90 (image, class) pairs and 5 points of binomial standard error. Here each checkpoint that
+``mlrkit cv`` chose scores the class maps (``Output.attention``) of its own outer fold, so one
+seed's K folds together cover the whole pool (for coco128 all 128 photos, about 370 pairs)
+and no map comes from a model that trained on its photo. Rows per head: hit rate over the
+pooled pairs of each seed (mean ± std over seeds), the mean of per-class rates, and the share
+of pairs whose peak is the peak of the image's mean map (class-blind pointing); the centre
+prior and the uniform map are scored on the same pairs.
+
+    python benchmarks/pointing_game_cv.py --cv /tmp/cv/dlsa_coco128_effl0_cv.json \\
+        /tmp/cv/cmsg_coco128_effl0_cv.json [--cache-dir /tmp/cv_cache] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mlrkit.config import load_config  # noqa: E402
+from mlrkit.data.yolo import load_yolo_boxes  # noqa: E402
+from mlrkit.engine import builders  # noqa: E402
+from mlrkit.engine.builders import SUBSET_KEYS  # noqa: E402
+from mlrkit.engine.distributed import DistInfo  # noqa: E402
+from mlrkit.metrics import pointing_baselines, pointing_game  # noqa: E402
+from mlrkit.predict import load_model  # noqa: E402
+from pointing_game import head_outputs, peak_stats  # noqa: E402
+
+
+def outer_fold(run: Path, cache_dir: str | None) -> tuple[Any, Any, list[np.ndarray]]:
+    """(model, cached features, boxes) of the outer fold a cv run was scored on."""
+    model, _, _ = load_model(run)
+    cfg = load_config(run / "config.yaml")
+    train = dict(cfg.data.train)
+    # the test part exactly as crossval.fold_configs writes it
+    test = {k: v for k, v in train.items() if k not in SUBSET_KEYS}
+    test.update(cv_folds=train["cv_folds"], cv_index=train["cv_index"], cv_part="test",
+                fold=None)
+    cfg.data.val = test
+    if cache_dir:
+        cfg.data.cache_dir = cache_dir
+    cfg.data.num_workers = 0
+    cfg.train.progress = False
+    ds = builders.load_split(cfg, "val")
+    boxes = load_yolo_boxes(ds)
+    feats = builders.cached_dataset(cfg, model, ds, torch.device("cpu"), DistInfo())
+    return model, feats, boxes
+
+
+def score_cv(path: Path, cache_dir: str | None) -> dict[str, Any]:
+    """Per seed: the pooled pointing game of the head's maps and of the two reference maps."""
+    cv = json.loads(path.read_text())
+    per_seed: dict[int, dict[str, list[Any]]] = {}
+    for row in cv["runs"]:
+        model, feats, boxes = outer_fold(Path(row["run"]), cache_dir)
+        att = head_outputs(model, feats)["attention"]
+        if att is None or att.ndim != 4:
+            raise SystemExit(f"{row['run']}: the head returns no class maps")
+        got = per_seed.setdefault(int(row["seed"]), {"att": [], "boxes": []})
+        got["att"].append(att)
+        got["boxes"].extend(boxes)
+    seeds = {}
+    for seed, got in sorted(per_seed.items()):
+        att = np.concatenate(got["att"])
+        rep = pointing_game(att, got["boxes"])
+        base = pointing_baselines(got["boxes"], att.shape[1], att.shape[-2:])
+        seeds[seed] = {"head": rep, "centre": base["centre prior"], "uniform": base["uniform"],
+                       "same_peak": peak_stats(att, rep)["same_peak"],
+                       "images": att.shape[0]}
+    return {"name": cv["name"], "config": cv["config"], "overrides": cv["overrides"],
+            "seeds": seeds}
+
+
+def mean_std(vals: list[float]) -> str:
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return f"{100 * statistics.fmean(vals):.1f} ± {100 * sd:.1f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cv", nargs="+", required=True, help="<name>_cv.json files of mlrkit cv")
+    ap.add_argument("--cache-dir", default=None, help="feature cache (default: the runs')")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    results = [score_cv(Path(p), args.cache_dir) for p in args.cv]
+    print(f"\nPointing game over cross-validation outer folds (hit = the peak cell of the class "
+          f"map inside a box of the class, ties split); {time.perf_counter() - t0:.0f} s on "
+          f"{os.cpu_count()} CPU cores ({platform.machine()}, torch {torch.__version__}).\n")
+    print("| maps | seeds | images / seed | pairs / seed | hit rate | mean of per-class "
+          "rates | class-blind peaks | centre prior | uniform |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    out = []
+    for r in results:
+        s = list(r["seeds"].values())
+        print(f"| {r['name']} | {len(s)} | {s[0]['images']} | {s[0]['head'].num_pairs} | "
+              f"{mean_std([x['head'].hit_rate for x in s])} | "
+              f"{mean_std([x['head'].class_mean for x in s])} | "
+              f"{mean_std([x['same_peak'] for x in s])} | "
+              f"{100 * s[0]['centre'].hit_rate:.1f} | {100 * s[0]['uniform'].hit_rate:.1f} |")
+        out.append({"name": r["name"], "config": r["config"], "overrides": r["overrides"],
+                    "seeds": {k: {"head": v["head"].to_dict(), "centre": v["centre"].to_dict(),
+                                  "uniform": v["uniform"].to_dict(),
+                                  "same_peak": v["same_peak"], "images": v["images"]}
+                              for k, v in r["seeds"].items()}})
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
