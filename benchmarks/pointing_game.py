@@ -97,7 +97,7 @@ def dlsa_maps(head: torch.nn.Module, fmap: torch.Tensor) -> dict[str, torch.Tens
     align = head.align
     if align is None:
         return {}
-    s = head.semantics()
+    s = head.align_semantics(head.semantics())
     b, _, h, w = fmap.shape
     if head.proj is not None:
         logits = align._align(s @ head.proj.weight, fmap) + (s @ head.proj.bias)[:, None]

@@ -3,8 +3,9 @@
 The single-split benchmark (``pointing_game.py``) scores one 32-photo fold of coco128, about
 90 (image, class) pairs and 5 points of binomial standard error. Here each checkpoint that
 ``mlrkit cv`` chose scores the class maps (``Output.attention``) of its own outer fold, so one
-seed's K folds together cover the whole pool (for coco128 all 128 photos, about 370 pairs)
-and no map comes from a model that trained on its photo. Rows per head: hit rate over the
+seed's K folds together cover the whole pool (for coco128 all 128 photos, about 370 pairs;
+for the mosaics' 2,000 training mosaics, their grid cells as boxes) and no map comes from a
+model that trained on its image. Rows per head: hit rate over the
 pooled pairs of each seed (mean ± std over seeds), the mean of per-class rates, and the share
 of pairs whose peak is the peak of the image's mean map (class-blind pointing); the centre
 prior and the uniform map are scored on the same pairs.
@@ -54,7 +55,8 @@ def outer_fold(run: Path, cache_dir: str | None) -> tuple[Any, Any, list[np.ndar
     cfg.data.num_workers = 0
     cfg.train.progress = False
     ds = builders.load_split(cfg, "val")
-    boxes = load_yolo_boxes(ds)
+    # YOLO boxes (coco128), or the grid cells that hold each item (Fashion-MNIST mosaics)
+    boxes = ds.boxes("cell") if hasattr(ds, "boxes") else load_yolo_boxes(ds)
     feats = builders.cached_dataset(cfg, model, ds, torch.device("cpu"), DistInfo())
     return model, feats, boxes
 
@@ -78,9 +80,48 @@ def score_cv(path: Path, cache_dir: str | None) -> dict[str, Any]:
         base = pointing_baselines(got["boxes"], att.shape[1], att.shape[-2:])
         seeds[seed] = {"head": rep, "centre": base["centre prior"], "uniform": base["uniform"],
                        "same_peak": peak_stats(att, rep)["same_peak"],
-                       "images": att.shape[0]}
+                       "images": att.shape[0],
+                       "by_frequency": by_frequency(rep, base["centre prior"])}
     return {"name": cv["name"], "config": cv["config"], "overrides": cv["overrides"],
             "seeds": seeds}
+
+
+FREQUENT = 16  # photos of the pool holding the class (about 9 training photos per run)
+
+
+def by_frequency(head: Any, centre: Any) -> dict[str, dict[str, float]]:
+    """Hit rates of the head and of the centre prior over the pairs of frequent classes (in
+    >= FREQUENT photos of the pool) and of the other classes: can a head learn to point
+    where it saw the class often?"""
+    frequent = head.pairs_per_class >= FREQUENT
+    out = {}
+    for name, keep in (("frequent", frequent[head.pair_class]),
+                       ("rare", ~frequent[head.pair_class])):
+        out[name] = {"pairs": int(keep.sum()),
+                     "classes": int(((head.pairs_per_class > 0)
+                                     & (frequent if name == "frequent" else ~frequent)).sum()),
+                     "head": float(head.pair_hit[keep].mean()) if keep.any() else float("nan"),
+                     "centre": float(centre.pair_hit[keep].mean()) if keep.any()
+                     else float("nan")}
+    return out
+
+
+def paired_ci(seeds: list[dict[str, Any]], draws: int = 2000,
+              seed: int = 0) -> tuple[float, float, float]:
+    """Head minus centre prior hit rate (the head's hits averaged over seeds, pair by pair;
+    every seed scores the same pairs in the same order) with a 95 % bootstrap interval
+    that resamples images, since the pairs of one image are not independent."""
+    head = np.mean([x["head"].pair_hit for x in seeds], axis=0)
+    diff = head - seeds[0]["centre"].pair_hit
+    img = seeds[0]["head"].pair_image
+    _, inv = np.unique(img, return_inverse=True)
+    per_img = np.bincount(inv, weights=diff)  # summed difference and pair count per image
+    n_img = np.bincount(inv).astype(float)
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(per_img), size=(draws, len(per_img)))
+    boot = per_img[pick].sum(1) / n_img[pick].sum(1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return float(diff.mean()), float(lo), float(hi)
 
 
 def mean_std(vals: list[float]) -> str:
@@ -102,8 +143,8 @@ def main() -> int:
           f"map inside a box of the class, ties split); {time.perf_counter() - t0:.0f} s on "
           f"{os.cpu_count()} CPU cores ({platform.machine()}, torch {torch.__version__}).\n")
     print("| maps | seeds | images / seed | pairs / seed | hit rate | mean of per-class "
-          "rates | class-blind peaks | centre prior | uniform |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "rates | class-blind peaks | centre prior | uniform | head - centre (95 % CI) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     out = []
     for r in results:
         s = list(r["seeds"].values())
@@ -111,12 +152,27 @@ def main() -> int:
               f"{mean_std([x['head'].hit_rate for x in s])} | "
               f"{mean_std([x['head'].class_mean for x in s])} | "
               f"{mean_std([x['same_peak'] for x in s])} | "
-              f"{100 * s[0]['centre'].hit_rate:.1f} | {100 * s[0]['uniform'].hit_rate:.1f} |")
+              f"{100 * s[0]['centre'].hit_rate:.1f} | {100 * s[0]['uniform'].hit_rate:.1f} | "
+              + "{:+.1f} ({:+.1f} .. {:+.1f}) |".format(*(100 * v for v in paired_ci(s))))
         out.append({"name": r["name"], "config": r["config"], "overrides": r["overrides"],
                     "seeds": {k: {"head": v["head"].to_dict(), "centre": v["centre"].to_dict(),
                                   "uniform": v["uniform"].to_dict(),
-                                  "same_peak": v["same_peak"], "images": v["images"]}
+                                  "same_peak": v["same_peak"], "images": v["images"],
+                                  "by_frequency": v["by_frequency"]}
                               for k, v in r["seeds"].items()}})
+    print(f"\nBy class frequency (frequent: a class in >= {FREQUENT} photos of the pool); "
+          "hit rates, mean ± std over seeds:\n")
+    print("| maps | frequent classes | their pairs | head | centre prior | other classes | "
+          "their pairs | head | centre prior |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        s = list(r["seeds"].values())
+        f = [x["by_frequency"]["frequent"] for x in s]
+        o = [x["by_frequency"]["rare"] for x in s]
+        print(f"| {r['name']} | {f[0]['classes']} | {f[0]['pairs']} | "
+              f"{mean_std([x['head'] for x in f])} | {100 * f[0]['centre']:.1f} | "
+              f"{o[0]['classes']} | {o[0]['pairs']} | {mean_std([x['head'] for x in o])} | "
+              f"{100 * o[0]['centre']:.1f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0

@@ -377,3 +377,21 @@ def test_normalized_sd_pool_is_the_attention_weighted_mean(proj: bool) -> None:
         torch.testing.assert_close(v, ref, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="pool"):
         SemanticAlignmentAttention(D, pool="sum")
+
+
+def test_center_semantics_aligns_with_the_class_centred_vectors() -> None:
+    torch.manual_seed(7)
+    emb, graph = _semantics()
+    fmap = torch.randn(2, D, H, W)
+    head = DLSA(D, C, emb, graph, d1=6, d2=D, sar=False, center_semantics=True).eval()
+    with torch.no_grad():
+        out = head(Features(map=fmap))
+        s = head.semantics()
+        sc = s - s.mean(0)
+        ref_logits = torch.einsum("cd,bdhw->bchw", sc, fmap)
+        torch.testing.assert_close(out.attention, ref_logits, atol=1e-5, rtol=1e-5)
+        # at every position the class scores sum to zero: no cell is favoured by all classes
+        torch.testing.assert_close(out.attention.sum(1), torch.zeros(2, H, W), atol=1e-4,
+                                   rtol=0)
+        head.center_semantics = False
+        assert not torch.allclose(head(Features(map=fmap)).attention, ref_logits)

@@ -110,7 +110,7 @@ class DLSA(nn.Module):
                  modulation: str = "residual", attn_scale: bool = True,
                  attn_out_proj: bool = True, classifier: str = "classwise",
                  gcn_final_act: bool = False, sd_pool: str = "mean",
-                 ffn_residual: bool = False) -> None:
+                 ffn_residual: bool = False, center_semantics: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.lspl, self.sd, self.sar = bool(lspl), bool(sd), bool(sar)
@@ -130,6 +130,7 @@ class DLSA(nn.Module):
             raise ValueError(f"dlsa: modulation must be 'residual' or 'product', "
                              f"got {modulation!r}")
         self.modulation = modulation
+        self.center_semantics = bool(center_semantics)
         self.align = SemanticAlignmentAttention(d2, align_scale, sd_pool) if self.sd else None
         self.reason = (SelfAttentionReasoning(d2, heads, ffn_dim, dropout, scale=attn_scale,
                                               out_proj=attn_out_proj, ffn_residual=ffn_residual)
@@ -148,11 +149,17 @@ class DLSA(nn.Module):
             return self.embed(self.embeddings)
         return None
 
+    def align_semantics(self, s: torch.Tensor) -> torch.Tensor:
+        """The class vectors SD aligns with: ``s`` or, with ``center_semantics``,
+        ``s_c - mean_c' s_c'`` (what sets each class apart from the others)."""
+        return s - s.mean(dim=0, keepdim=True) if self.center_semantics else s
+
     def forward(self, features: Features) -> Output:
         fmap = features.map
         s = self.semantics()
         attn = weights = None
         if self.align is not None:
+            s = self.align_semantics(s)
             # the maps returned are the alignment scores before the sigmoid: in float32 the
             # sigmoid is exactly 1 above ~17, which ties most cells at the peak
             v, weights, attn = self.align(fmap, s, self.proj, return_logits=True)  # DLSA eq. 3
