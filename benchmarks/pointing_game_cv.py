@@ -106,6 +106,10 @@ def by_frequency(head: Any, centre: Any) -> dict[str, dict[str, float]]:
     return out
 
 
+def pct(v: float) -> str:
+    return "-" if np.isnan(v) else f"{100 * v:.1f}"
+
+
 def paired_ci(seeds: list[dict[str, Any]], draws: int = 2000,
               seed: int = 0) -> tuple[float, float, float]:
     """Head minus centre prior hit rate (the head's hits averaged over seeds, pair by pair;
@@ -125,6 +129,9 @@ def paired_ci(seeds: list[dict[str, Any]], draws: int = 2000,
 
 
 def mean_std(vals: list[float]) -> str:
+    vals = [v for v in vals if not np.isnan(v)]
+    if not vals:
+        return "-"
     sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
     return f"{100 * statistics.fmean(vals):.1f} ± {100 * sd:.1f}"
 
@@ -170,9 +177,9 @@ def main() -> int:
         f = [x["by_frequency"]["frequent"] for x in s]
         o = [x["by_frequency"]["rare"] for x in s]
         print(f"| {r['name']} | {f[0]['classes']} | {f[0]['pairs']} | "
-              f"{mean_std([x['head'] for x in f])} | {100 * f[0]['centre']:.1f} | "
+              f"{mean_std([x['head'] for x in f])} | {pct(f[0]['centre'])} | "
               f"{o[0]['classes']} | {o[0]['pairs']} | {mean_std([x['head'] for x in o])} | "
-              f"{100 * o[0]['centre']:.1f} |")
+              f"{pct(o[0]['centre'])} |")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
