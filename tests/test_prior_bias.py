@@ -84,3 +84,21 @@ def test_open_vocabulary_config_is_a_config_error(tmp_path):
                                "model.options": {"variant": "projection"}})
     with pytest.raises(ConfigError, match="model.prior_bias"):
         builders.build_model(cfg, 3, {"embeddings": torch.randn(3, 50)}, pretrained=False)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_keeps_the_prior_bias(tmp_path, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    from mlrkit.export import _run_exported, export_model
+
+    model = create_model("baseline", backbone="efficientnet_lite0", num_classes=3)
+    model.add_prior_bias()
+    model.init_prior_bias(torch.tensor([[1, -1, -1], [-1, -1, 1], [-1, -1, -1]]))
+    path = tmp_path / f"m.{fmt}"
+    export_model(model.eval(), path, format=fmt, image_size=64)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = model.head(model.backbone(x)).logits + model.prior_bias
+    got = torch.as_tensor(_run_exported(path, fmt, x))
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)  # the offsets are in the file
