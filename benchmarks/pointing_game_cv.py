@@ -29,27 +29,22 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mlrkit.config import load_config  # noqa: E402
-from mlrkit.data.yolo import load_yolo_boxes  # noqa: E402
-from mlrkit.engine import builders  # noqa: E402
-from mlrkit.engine.builders import SUBSET_KEYS  # noqa: E402
-from mlrkit.engine.distributed import DistInfo  # noqa: E402
-from mlrkit.metrics import pointing_baselines, pointing_game  # noqa: E402
-from mlrkit.predict import load_model  # noqa: E402
-from pointing_game import head_outputs, peak_stats  # noqa: E402
+from mlrkit.config import load_config
+from mlrkit.data.yolo import load_yolo_boxes
+from mlrkit.engine import builders
+from mlrkit.engine.crossval import fold_configs
+from mlrkit.engine.distributed import DistInfo
+from mlrkit.metrics import pointing_baselines, pointing_game
+from mlrkit.predict import load_model
+from pointing_game import head_outputs, peak_stats
 
 
 def outer_fold(run: Path, cache_dir: str | None) -> tuple[Any, Any, list[np.ndarray]]:
     """(model, cached features, boxes) of the outer fold a cv run was scored on."""
     model, _, _ = load_model(run)
     cfg = load_config(run / "config.yaml")
-    train = dict(cfg.data.train)
-    # the test part exactly as crossval.fold_configs writes it
-    test = {k: v for k, v in train.items() if k not in SUBSET_KEYS}
-    test.update(cv_folds=train["cv_folds"], cv_index=train["cv_index"], cv_part="test",
-                fold=None)
-    cfg.data.val = test
+    train = cfg.data.train
+    _, cfg.data.val = fold_configs(cfg, train["cv_folds"], train["cv_index"], cfg.seed)
     if cache_dir:
         cfg.data.cache_dir = cache_dir
     cfg.data.num_workers = 0

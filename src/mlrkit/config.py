@@ -39,7 +39,8 @@ class ModelConfig:
     label_weights: str | None = None
     options: dict[str, Any] = field(default_factory=dict)  # method options
     # a learnable per-class logit offset, started at the log-odds of each class's frequency
-    # in the training labels (docs/methods.md, "Prior bias"); closed-label-set heads only
+    # in the training labels (docs/methods.md, "Small data: the prior bias ..."); closed
+    # label sets only
     prior_bias: bool = False
 
 

@@ -100,6 +100,9 @@ class DLSA(nn.Module):
     classifier (eq. 7): ``"classwise"`` ``y_c = w_c . v_c + b_c``, or ``"mean_fc"`` the
     paper's "mean computation and a fully connected classification layer",
     ``y = W mean_c(v_c) + b``.
+    Small-data options (off by default; docs/methods.md, "Small data"): ``ffn_residual``
+    (``z + FC2(ReLU(FC1(z)))`` after eq. 6), ``sd_pool="normalized"`` (eq. 3 divided by
+    ``sum_hw a`` instead of ``H W``), ``center_semantics`` (align with ``s_c - mean_c s``).
     """
 
     def __init__(self, in_dim: int, num_classes: int, label_embeddings: torch.Tensor | None = None,

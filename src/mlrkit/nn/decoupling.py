@@ -219,7 +219,7 @@ class SemanticAlignmentAttention(nn.Module):
     ``pool="normalized"`` divides by the attention's own mass instead,
     ``v_c = sum_hw a_{c,hw} f_hw / sum_hw a_{c,hw}``: a weighted mean whose scale no longer
     grows with the weights, so raising every weight to 1 (which turns the maps into global
-    average pooling) earns nothing (docs/methods.md, DLSA, "SD pooling").
+    average pooling) earns nothing (docs/methods.md, DLSA, "Options for small data").
     """
 
     def __init__(self, dim: int, scale: bool = False, pool: str = "mean") -> None:
